@@ -1,0 +1,1 @@
+"""mrcnn_ref.model"""
