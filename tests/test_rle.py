@@ -126,10 +126,10 @@ def test_polygons_close_to_pycocotools():
     h, w = 60, 80
     checked = 0
     for _ in range(60):
-        n = rng.integers(3, 9)
+        n = rng.integers(3, 9)                              # jittered regular n-gons (not slivers)
         c = rng.uniform(15, 45, 2)
         rad = rng.uniform(6, 20)
-        ang = np.sort(rng.uniform(0, 2 * np.pi, n))
+        ang = (np.arange(n) + rng.uniform(-0.3, 0.3, n)) * 2 * np.pi / n
         poly = np.stack([c[0] + rad * np.cos(ang), c[1] + rad * np.sin(ang)], 1).ravel().tolist()
         ref = mask_api.decode(mask_api.merge(mask_api.frPyObjects([poly], h, w))).astype(bool)
         if ref.sum() < 150:
