@@ -1,0 +1,231 @@
+"""Model configuration: one flat dataclass, two presets, loading from JSON/TOML.
+
+Every number that shapes the model or its training targets lives here, with the value Mask R-CNN
+(He et al. 2017) / torchvision uses unless noted. Two presets:
+
+* ``"tiny"``   — for tests: 64×64 images, 3 classes (incl. background), few channels and proposals,
+  so a whole forward/backward pass takes milliseconds and a float64 gradient check of the *whole*
+  training loss runs in seconds.
+* ``"shapes"`` — the built-in synthetic shapes data set: 128×128 images, 4 classes (background,
+  square, circle, triangle), the tiny ResNet-FPN backbone, anchors sized for objects of ~10–60 px.
+
+Use :func:`load_config` with a preset name or a path to a JSON/TOML file; a file may name a
+``"preset"`` to start from and override any subset of the keys. Unknown keys are an error (a typo
+should never silently fall back to a default).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field, fields
+
+__all__ = ["MaskRCNNConfig", "PRESETS", "get_preset", "load_config", "config_from_dict"]
+
+ROI_OPS = ("roi_align", "roi_align_max", "roi_warp", "roi_pool")
+MASK_LOSSES = ("sigmoid", "softmax")
+BACKBONES = ("resnet_fpn_tiny", "resnet50_fpn")
+
+
+@dataclass
+class MaskRCNNConfig:
+    """All hyper-parameters of the model (field names are the keys of the JSON/TOML files).
+
+    Sizes are in input-image pixels; boxes are (x1, y1, x2, y2).
+    """
+
+    name: str = "custom"
+    # --- data / backbone -------------------------------------------------------------------
+    num_classes: int = 4                      # K, including background (class 0)
+    image_size: int = 128                     # nominal training image side (images are padded to /32)
+    backbone: str = "resnet_fpn_tiny"         # a preset of mrcnn_ref.model.backbone
+    # --- anchors / RPN ---------------------------------------------------------------------
+    anchor_sizes: tuple = (8, 16, 32, 64, 128)  # one size per level P2..P6 (strides 4..64)
+    anchor_ratios: tuple = (0.5, 1.0, 2.0)    # height / width
+    rpn_fg_iou: float = 0.7                   # anchor IoU >= this -> positive
+    rpn_bg_iou: float = 0.3                   # anchor IoU < this -> negative
+    rpn_batch_size: int = 256                 # anchors sampled per image
+    rpn_positive_fraction: float = 0.5
+    rpn_pre_nms_top_n_train: int = 2000       # per level
+    rpn_pre_nms_top_n_test: int = 1000        # per level
+    rpn_post_nms_top_n_train: int = 512       # per image
+    rpn_post_nms_top_n_test: int = 300        # per image
+    rpn_nms_thresh: float = 0.7
+    rpn_min_size: float = 1e-3                # proposals smaller than this (px) are dropped
+    rpn_smooth_l1_beta: float = 1.0 / 9.0     # as torchvision's RPN
+    # --- RoI sampling (proposal targets) ---------------------------------------------------
+    box_batch_size_per_image: int = 128
+    box_positive_fraction: float = 0.25
+    box_fg_iou: float = 0.5                   # proposal IoU >= this -> foreground
+    box_bg_iou_low: float = 0.0               # background: [bg_low, fg_iou); Fast R-CNN used 0.1
+    box_weights: tuple = (10.0, 10.0, 5.0, 5.0)
+    box_smooth_l1_beta: float = 1.0 / 9.0     # as torchvision's RoI heads
+    # --- RoI feature extraction ------------------------------------------------------------
+    roi_op: str = "roi_align"                 # roi_align | roi_align_max | roi_warp | roi_pool
+    roi_sampling_ratio: int = 2               # bilinear samples per bin side (-1: adaptive)
+    roi_aligned: bool = False                 # half-pixel shift (torchvision default: False)
+    roi_canonical_size: float = 224.0         # FPN paper eq. (1): k = floor(k0 + log2(sqrt(wh)/224))
+    roi_canonical_level: int = 4
+    box_roi_size: int = 7
+    mask_roi_size: int = 14
+    # --- heads -----------------------------------------------------------------------------
+    box_head_dim: int = 256                   # width of the two FC layers
+    mask_head_convs: int = 2                  # number of 3x3 convs before the 2x deconv
+    mask_head_channels: int = 64
+    mask_loss: str = "sigmoid"                # sigmoid (per class, the paper) | softmax (ablation)
+    # --- inference -------------------------------------------------------------------------
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5                   # per class
+    detections_per_img: int = 100
+    box_min_size: float = 1e-2
+    mask_threshold: float = 0.5
+
+    @property
+    def mask_size(self) -> int:
+        """Side of the predicted mask: the 2x deconvolution doubles the RoI feature side (14 -> 28)."""
+        return 2 * self.mask_roi_size
+
+    @property
+    def num_anchors_per_location(self) -> int:
+        return len(self.anchor_ratios)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+    def replace(self, **changes) -> "MaskRCNNConfig":
+        """A validated copy with some fields changed."""
+        return config_from_dict({**self.to_dict(), **changes})
+
+    def validate(self) -> "MaskRCNNConfig":
+        where = "MaskRCNNConfig"
+
+        def positive(name, integer=False):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+                raise TypeError(f"{where}: {name} must be {'an int' if integer else 'a number'}, got {v!r}")
+            if not v > 0:
+                raise ValueError(f"{where}: {name} must be > 0, got {v!r}")
+
+        for n in ("num_classes", "image_size", "rpn_batch_size", "rpn_pre_nms_top_n_train",
+                  "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test",
+                  "box_batch_size_per_image", "box_roi_size", "mask_roi_size", "box_head_dim",
+                  "mask_head_channels", "detections_per_img", "roi_canonical_level"):
+            positive(n, integer=True)
+        if self.num_classes < 2:
+            raise ValueError(f"{where}: num_classes counts the background, so it must be >= 2, "
+                             f"got {self.num_classes}")
+        if not isinstance(self.mask_head_convs, int) or self.mask_head_convs < 0:
+            raise ValueError(f"{where}: mask_head_convs must be an int >= 0, got {self.mask_head_convs!r}")
+        for n in ("rpn_nms_thresh", "nms_thresh", "rpn_positive_fraction", "box_positive_fraction",
+                  "box_fg_iou", "rpn_fg_iou"):
+            v = getattr(self, n)
+            if not (isinstance(v, (int, float)) and 0.0 < v <= 1.0):
+                raise ValueError(f"{where}: {n} must be in (0, 1], got {v!r}")
+        if not 0.0 <= self.rpn_bg_iou <= self.rpn_fg_iou:
+            raise ValueError(f"{where}: need 0 <= rpn_bg_iou <= rpn_fg_iou, got "
+                             f"{self.rpn_bg_iou} and {self.rpn_fg_iou}")
+        if not 0.0 <= self.box_bg_iou_low < self.box_fg_iou:
+            raise ValueError(f"{where}: need 0 <= box_bg_iou_low < box_fg_iou, got "
+                             f"{self.box_bg_iou_low} and {self.box_fg_iou}")
+        if len(self.anchor_sizes) != 5:
+            raise ValueError(f"{where}: anchor_sizes needs one size per FPN level P2..P6 (5 values), "
+                             f"got {list(self.anchor_sizes)}")
+        if len(self.anchor_ratios) < 1 or any(not r > 0 for r in self.anchor_ratios):
+            raise ValueError(f"{where}: anchor_ratios must be positive numbers, got {list(self.anchor_ratios)}")
+        if len(self.box_weights) != 4:
+            raise ValueError(f"{where}: box_weights must have 4 values, got {list(self.box_weights)}")
+        if self.roi_op not in ROI_OPS:
+            raise ValueError(f"{where}: roi_op must be one of {ROI_OPS}, got {self.roi_op!r}")
+        if self.mask_loss not in MASK_LOSSES:
+            raise ValueError(f"{where}: mask_loss must be one of {MASK_LOSSES}, got {self.mask_loss!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"{where}: backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if not (isinstance(self.roi_sampling_ratio, int) and (self.roi_sampling_ratio > 0
+                                                               or self.roi_sampling_ratio == -1)):
+            raise ValueError(f"{where}: roi_sampling_ratio must be a positive int or -1, "
+                             f"got {self.roi_sampling_ratio!r}")
+        if not 0.0 <= self.score_thresh < 1.0:
+            raise ValueError(f"{where}: score_thresh must be in [0, 1), got {self.score_thresh!r}")
+        return self
+
+
+_FIELDS = {f.name: f for f in fields(MaskRCNNConfig)}
+
+
+def config_from_dict(d: dict) -> MaskRCNNConfig:
+    """Build a validated config from a dict (lists become tuples); unknown keys raise ValueError."""
+    if not isinstance(d, dict):
+        raise TypeError(f"config_from_dict: expected a dict, got {type(d).__name__}")
+    unknown = sorted(set(d) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"config_from_dict: unknown config key(s) {unknown}; valid keys are "
+                         f"{sorted(_FIELDS)}")
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+    # ints given where floats are expected are fine; floats where ints are expected are not
+    for k, v in kw.items():
+        if _FIELDS[k].type == "float" and isinstance(v, int) and not isinstance(v, bool):
+            kw[k] = float(v)
+    return MaskRCNNConfig(**kw).validate()
+
+
+PRESETS: dict[str, dict] = {
+    "shapes": dict(name="shapes"),
+    "tiny": dict(
+        name="tiny", num_classes=3, image_size=64,
+        anchor_sizes=(8, 16, 32, 64, 128),
+        rpn_batch_size=64, rpn_pre_nms_top_n_train=100, rpn_pre_nms_top_n_test=50,
+        rpn_post_nms_top_n_train=32, rpn_post_nms_top_n_test=16,
+        box_batch_size_per_image=16, box_head_dim=32,
+        mask_head_convs=1, mask_head_channels=8,
+        box_roi_size=7, mask_roi_size=7, detections_per_img=20,
+    ),
+}
+
+
+def get_preset(name: str) -> MaskRCNNConfig:
+    if name not in PRESETS:
+        raise ValueError(f"get_preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return config_from_dict(dict(PRESETS[name]))
+
+
+def _read_file(path: str) -> dict:
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".json":
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    if ext == ".toml":
+        try:
+            import tomllib  # Python >= 3.11
+        except ModuleNotFoundError as e:  # pragma: no cover - 3.10 only
+            raise RuntimeError(f"load_config: reading TOML ({path}) needs Python >= 3.11 (tomllib); "
+                               "use a JSON config file instead") from e
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    raise ValueError(f"load_config: config file must end in .json or .toml, got {path!r}")
+
+
+def load_config(name_or_path) -> MaskRCNNConfig:
+    """A config from a preset name (``"tiny"``, ``"shapes"``), a dict, an existing config, or a
+    JSON/TOML file. A file/dict may contain ``"preset": "<name>"`` to override a preset's values."""
+    if isinstance(name_or_path, MaskRCNNConfig):
+        return name_or_path.replace()
+    if isinstance(name_or_path, dict):
+        d = dict(name_or_path)
+    elif isinstance(name_or_path, (str, os.PathLike)):
+        s = os.fspath(name_or_path)
+        if s in PRESETS:
+            return get_preset(s)
+        if not os.path.exists(s):
+            raise ValueError(f"load_config: {s!r} is neither a preset ({sorted(PRESETS)}) nor an "
+                             "existing .json/.toml file")
+        d = _read_file(s)
+    else:
+        raise TypeError(f"load_config: expected a preset name, a path, a dict or a MaskRCNNConfig, "
+                        f"got {type(name_or_path).__name__}")
+    preset = d.pop("preset", None)
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"load_config: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    base = dict(PRESETS[preset]) if preset is not None else {}
+    return config_from_dict({**base, **d})
+
