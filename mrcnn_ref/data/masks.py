@@ -18,8 +18,9 @@ coordinate::
 
 and its value is ``(1 - t) * grid[floor(u)] + t * grid[floor(u) + 1]`` with ``t = u - floor(u)``.
 Pixels whose centre lies outside the box get 0. :func:`minimize_mask` samples the other way round:
-grid cell centres are mapped to image pixel coordinates ``p = X - 0.5`` (``X`` continuous) and the
-mask is interpolated bilinearly there.
+grid cell centres are mapped to image pixel coordinates ``p = X - 0.5`` (``X`` continuous), clamped
+to the pixel centres inside the box (as if the box were cropped first), and the mask is interpolated
+bilinearly there.
 """
 from __future__ import annotations
 
@@ -106,13 +107,17 @@ def _pixel_to_grid_weights(lo, hi, n_pixels, m, xp, dtype):
     """Weights sampling image pixels 0..n_pixels-1 at the m cell centres of a grid over [lo, hi).
 
     Returns B (R, m, n_pixels) with ``grid[j] = sum_p B[r, j, p] image[p]``: cell centre
-    X = lo + (j + 0.5)(hi - lo)/m, pixel coordinate p = X - 0.5 (clamped to the image), bilinear.
+    X = lo + (j + 0.5)(hi - lo)/m, pixel coordinate p = X - 0.5 clamped to [lo, hi - 1] (the
+    centres of the pixels inside the box) and to the image, bilinear.
     """
     r = lo.shape[0]
     j = xp.arange(m, dtype=dtype) + 0.5
     lo = lo.astype(dtype)[:, None]
     hi = hi.astype(dtype)[:, None]
     p = lo + j[None, :] * (hi - lo) / m - 0.5                              # (R, m)
+    # Stay on the pixel centres inside the box (like cropping first, then resizing with edge
+    # padding), and inside the image.
+    p = xp.minimum(xp.maximum(p, lo), hi - 1)
     p = xp.clip(p, 0, n_pixels - 1)
     p0 = xp.floor(p)
     t = p - p0
@@ -211,9 +216,13 @@ def mask_targets_for_rois(gt_masks, matched_gt, rois, M=28, gt_boxes=None):
     Implementation: the masks become 1-channel float maps (G, 1, H, W) and
     ``roi_align(maps, [matched_gt, rois], M, aligned=True) >= 0.5`` (the batch index of each RoI is
     its matched ground truth). ``aligned=True`` is the correct continuous-coordinate sampling (pixel
-    centre at x + 0.5); with it, an RoI equal to the box of a rectangular mask gives an all-ones
-    target. For mini-masks the RoI is first expressed in the mini-mask's own coordinates,
-    ``u = (x - gx1) / (gx2 - gx1) * mw``.
+    centre at x + 0.5); with it, an RoI equal to the box of a rectangular mask at least M pixels on
+    each side gives an all-ones target (each edge sample lies at least 1/4 pixel inside, so its
+    bilinear value is >= 0.75 per axis and >= 0.5625 in a corner). For RoIs much *smaller* than M
+    the corner cells of a rectangle can drop below 0.5: a corner sample is the product of two edge
+    ramps (e.g. 0.68 * 0.59 for a 10 x 5 box and M = 28). That is bilinear RoIAlign's behaviour,
+    kept on purpose so targets are exactly what RoIAlign sees. For mini-masks the RoI is first
+    expressed in the mini-mask's own coordinates, ``u = (x - gx1) / (gx2 - gx1) * mw``.
     """
     from ..ops.roi_align import roi_align  # noqa: PLC0415 - keeps data importable on its own
 
