@@ -1,0 +1,203 @@
+"""SGD with momentum and weight decay, learning-rate schedules, gradient-norm clipping.
+
+SGD (the update used to train Mask R-CNN), with PyTorch's momentum semantics::
+
+    g   = grad + weight_decay * p          (only for parameters that get weight decay)
+    buf = momentum * buf + g               (buf starts at 0, so the first buf is g)
+    p  -= lr * buf                         (nesterov: p -= lr * (g + momentum * buf))
+
+**Which parameters get weight decay.** Decay pulls weights towards 0; that is meant for the
+weights of convolutions and linear layers. Biases and the scale/shift of normalisation layers
+have no such role, so — as is common practice for detectors — they are excluded. The rule, by
+name and shape:
+
+* a parameter whose name is ``"bias"`` or ends in ``".bias"`` gets **no** decay;
+* a parameter with ``ndim == 1`` (every bias and every norm ``weight``/``bias``/statistic) gets
+  **no** decay;
+* everything else (conv / linear weights, ``ndim >= 2``) gets ``weight_decay``.
+
+Pass ``no_decay=callable(name, array) -> bool`` to change the rule.
+
+Schedules are callables ``lr = sched(iteration)``: :class:`WarmupMultiStepLR` (linear warm-up,
+then multiply by ``gamma`` at each milestone) and :class:`WarmupCosineLR`.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+
+import numpy as np
+
+from ..backend import asnumpy, get_array_module
+
+__all__ = ["SGD", "WarmupMultiStepLR", "WarmupCosineLR", "clip_grad_norm", "default_no_decay"]
+
+
+def default_no_decay(name: str, p) -> bool:
+    """True for biases and 1-D parameters (norm layers): they get no weight decay."""
+    return name == "bias" or name.endswith(".bias") or p.ndim == 1
+
+
+class SGD:
+    """Stochastic gradient descent with momentum, weight decay and optional Nesterov momentum.
+
+    ``params``: ``dict[name, array]`` of the live parameter arrays (``model.named_parameters()``);
+    they are updated in place by :meth:`step`, which takes the matching ``dict`` of gradients
+    (``model.named_grads()``).
+    """
+
+    def __init__(self, params: dict, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4,
+                 nesterov: bool = False, no_decay=None):
+        if not isinstance(params, dict) or not params:
+            raise TypeError("SGD: params must be a non-empty dict name -> array "
+                            "(e.g. model.named_parameters())")
+        if lr < 0 or momentum < 0 or weight_decay < 0:
+            raise ValueError(f"SGD: lr, momentum and weight_decay must be >= 0, got "
+                             f"lr={lr}, momentum={momentum}, weight_decay={weight_decay}")
+        if nesterov and momentum <= 0:
+            raise ValueError("SGD: nesterov momentum needs momentum > 0")
+        self.params = params
+        self.lr = float(lr)
+        self.momentum = float(momentum)
+        self.weight_decay = float(weight_decay)
+        self.nesterov = bool(nesterov)
+        rule = no_decay or default_no_decay
+        self.decay = {k: (0.0 if rule(k, p) else self.weight_decay) for k, p in params.items()}
+        self.momentum_buffer = {k: get_array_module(p).zeros_like(p) for k, p in params.items()}
+        self.iteration = 0
+
+    def step(self, grads: dict, lr: float | None = None):
+        """Apply one update in place. ``grads`` must have exactly the keys of ``params``."""
+        if set(grads) != set(self.params):
+            missing = sorted(set(self.params) - set(grads))[:5]
+            extra = sorted(set(grads) - set(self.params))[:5]
+            raise ValueError(f"SGD.step: gradient names do not match the parameters "
+                             f"(missing {missing}, unexpected {extra})")
+        lr = self.lr if lr is None else float(lr)
+        m = self.momentum
+        for k, p in self.params.items():
+            g = grads[k]
+            if g.shape != p.shape:
+                raise ValueError(f"SGD.step: gradient of {k!r} has shape {tuple(g.shape)}, "
+                                 f"parameter has {tuple(p.shape)}")
+            wd = self.decay[k]
+            if wd:
+                g = g + wd * p
+            if m:
+                buf = self.momentum_buffer[k]
+                buf *= m
+                buf += g
+                g = g + m * buf if self.nesterov else buf
+            p -= (lr * g).astype(p.dtype, copy=False)
+        self.iteration += 1
+
+    def state_dict(self) -> dict:
+        """``{"hyper": {...}, "momentum_buffer": {name: array}}`` (arrays are host copies)."""
+        return {
+            "hyper": {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
+                      "nesterov": self.nesterov, "iteration": self.iteration},
+            "momentum_buffer": {k: np.array(asnumpy(v)) for k, v in self.momentum_buffer.items()},
+        }
+
+    def load_state_dict(self, state: dict):
+        """Restore hyper-parameters and momentum buffers (shapes must match the parameters)."""
+        try:
+            hyper, bufs = state["hyper"], state["momentum_buffer"]
+        except (KeyError, TypeError):
+            raise ValueError("SGD.load_state_dict: expected a dict with 'hyper' and "
+                             "'momentum_buffer' (from SGD.state_dict())") from None
+        if set(bufs) != set(self.params):
+            missing = sorted(set(self.params) - set(bufs))[:5]
+            extra = sorted(set(bufs) - set(self.params))[:5]
+            raise ValueError(f"SGD.load_state_dict: momentum buffers do not match the parameters "
+                             f"(missing {missing}, unexpected {extra})")
+        for k, v in bufs.items():
+            if tuple(np.shape(v)) != tuple(self.params[k].shape):
+                raise ValueError(f"SGD.load_state_dict: buffer {k!r} has shape {tuple(np.shape(v))}, "
+                                 f"parameter has {tuple(self.params[k].shape)}")
+        for k, v in bufs.items():
+            dst = self.momentum_buffer[k]
+            dst[...] = get_array_module(dst).asarray(v, dtype=dst.dtype)
+        self.lr = float(hyper["lr"])
+        self.momentum = float(hyper["momentum"])
+        self.weight_decay = float(hyper["weight_decay"])
+        self.nesterov = bool(hyper["nesterov"])
+        self.iteration = int(hyper.get("iteration", 0))
+
+
+def _warmup_factor(it: int, warmup_iters: int, warmup_factor: float) -> float:
+    """Linear ramp from ``warmup_factor`` (iteration 0) to 1 (iteration ``warmup_iters``)."""
+    if it >= warmup_iters:
+        return 1.0
+    alpha = it / warmup_iters
+    return warmup_factor * (1.0 - alpha) + alpha
+
+
+class WarmupMultiStepLR:
+    """``lr(it) = base_lr · warm-up(it) · gamma ** (number of milestones <= it)``.
+
+    Warm-up: linear from ``warmup_factor · base_lr`` at iteration 0 to ``base_lr`` at
+    ``warmup_iters`` (the Mask R-CNN recipe uses 1/1000 over the first iterations).
+    """
+
+    def __init__(self, base_lr: float, warmup_iters: int = 0, warmup_factor: float = 1e-3,
+                 milestones=(), gamma: float = 0.1):
+        milestones = [int(m) for m in milestones]
+        if milestones != sorted(milestones):
+            raise ValueError(f"WarmupMultiStepLR: milestones must be increasing, got {milestones}")
+        if warmup_iters < 0:
+            raise ValueError(f"WarmupMultiStepLR: warmup_iters must be >= 0, got {warmup_iters}")
+        self.base_lr = float(base_lr)
+        self.warmup_iters = int(warmup_iters)
+        self.warmup_factor = float(warmup_factor)
+        self.milestones = milestones
+        self.gamma = float(gamma)
+
+    def __call__(self, iteration: int) -> float:
+        it = int(iteration)
+        steps = bisect.bisect_right(self.milestones, it)
+        return self.base_lr * _warmup_factor(it, self.warmup_iters, self.warmup_factor) * self.gamma ** steps
+
+
+class WarmupCosineLR:
+    """Linear warm-up, then half a cosine from ``base_lr`` (it = 0) to ``min_lr`` (it = max_iters).
+
+    ``lr(it) = warm-up(it) · (min_lr + (base_lr - min_lr) · (1 + cos(pi · it / max_iters)) / 2)``,
+    constant at ``min_lr`` after ``max_iters``.
+    """
+
+    def __init__(self, base_lr: float, max_iters: int, warmup_iters: int = 0,
+                 warmup_factor: float = 1e-3, min_lr: float = 0.0):
+        if max_iters <= 0:
+            raise ValueError(f"WarmupCosineLR: max_iters must be > 0, got {max_iters}")
+        self.base_lr = float(base_lr)
+        self.max_iters = int(max_iters)
+        self.warmup_iters = int(warmup_iters)
+        self.warmup_factor = float(warmup_factor)
+        self.min_lr = float(min_lr)
+
+    def __call__(self, iteration: int) -> float:
+        it = int(iteration)
+        t = min(it, self.max_iters) / self.max_iters
+        cos = self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+        return cos * _warmup_factor(it, self.warmup_iters, self.warmup_factor)
+
+
+def clip_grad_norm(grads: dict, max_norm: float, eps: float = 1e-6) -> float:
+    """Scale all gradients in place so that their global L2 norm is at most ``max_norm``.
+
+    ``total = sqrt(sum_k ||g_k||²)``; if ``total > max_norm`` every gradient is multiplied by
+    ``max_norm / (total + eps)`` (as ``torch.nn.utils.clip_grad_norm_``). Returns ``total``
+    (the norm *before* clipping) as a float.
+    """
+    if max_norm <= 0:
+        raise ValueError(f"clip_grad_norm: max_norm must be > 0, got {max_norm}")
+    sq = 0.0
+    for g in grads.values():
+        sq += float(get_array_module(g).sum(g.astype(np.float64) ** 2))
+    total = math.sqrt(sq)
+    coef = max_norm / (total + eps)
+    if coef < 1.0:
+        for g in grads.values():
+            g *= g.dtype.type(coef)
+    return total

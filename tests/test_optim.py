@@ -1,0 +1,171 @@
+"""SGD (momentum, weight decay, nesterov), schedules and gradient clipping."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from mrcnn_ref.nn.optim import SGD, WarmupCosineLR, WarmupMultiStepLR, clip_grad_norm, default_no_decay
+
+
+def _params(rng):
+    return {"conv.weight": rng.standard_normal((4, 3, 3, 3)),
+            "conv.bias": rng.standard_normal(4),
+            "gn.weight": rng.standard_normal(4),
+            "fc.weight": rng.standard_normal((5, 4))}
+
+
+def test_no_decay_rule():
+    assert default_no_decay("layer1.0.conv1.bias", np.zeros(3))
+    assert default_no_decay("bias", np.zeros(3))
+    assert default_no_decay("layer1.0.gn1.weight", np.zeros(3))
+    assert not default_no_decay("layer1.0.conv1.weight", np.zeros((3, 3, 1, 1)))
+    assert not default_no_decay("fc.weight", np.zeros((3, 2)))
+
+
+def test_sgd_hand_computed():
+    p = {"w": np.array([[1.0, -2.0]]), "b": np.array([3.0])}
+    opt = SGD(p, lr=0.1, momentum=0.5, weight_decay=0.01)
+    g = {"w": np.array([[0.5, 0.5]]), "b": np.array([1.0])}
+    opt.step(g)
+    # w: g' = g + 0.01 w = [0.51, 0.48]; buf = g'; w -= 0.1 buf
+    np.testing.assert_allclose(p["w"], [[1 - 0.051, -2 - 0.048]], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(p["b"], [3.0 - 0.1], atol=1e-15)  # no decay on the bias
+    opt.step(g)
+    # second step: buf = 0.5*[0.51,0.48] + (g + 0.01 w_new)
+    w1 = np.array([1 - 0.051, -2 - 0.048])
+    buf = 0.5 * np.array([0.51, 0.48]) + (np.array([0.5, 0.5]) + 0.01 * w1)
+    np.testing.assert_allclose(p["w"], [w1 - 0.1 * buf], atol=1e-15)
+    np.testing.assert_allclose(p["b"], [3.0 - 0.1 - 0.1 * (0.5 * 1 + 1)], atol=1e-15)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_matches_torch(nesterov):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    ours = _params(rng)
+    decayed = [k for k in ours if ours[k].ndim > 1]
+    plain = [k for k in ours if ours[k].ndim == 1]
+    t_dec = {k: torch.tensor(ours[k].copy(), requires_grad=True) for k in decayed}
+    t_plain = {k: torch.tensor(ours[k].copy(), requires_grad=True) for k in plain}
+    opt = SGD(ours, lr=0.05, momentum=0.9, weight_decay=1e-2, nesterov=nesterov)
+    topt = torch.optim.SGD([{"params": list(t_dec.values()), "weight_decay": 1e-2},
+                            {"params": list(t_plain.values()), "weight_decay": 0.0}],
+                           lr=0.05, momentum=0.9, nesterov=nesterov)
+    tall = {**t_dec, **t_plain}
+    for it in range(5):
+        grads = {k: rng.standard_normal(v.shape) for k, v in ours.items()}
+        lr = 0.05 * (0.5 if it >= 3 else 1.0)
+        for gr in topt.param_groups:
+            gr["lr"] = lr
+        for k, t in tall.items():
+            t.grad = torch.tensor(grads[k])
+        topt.step()
+        opt.step(grads, lr=lr)
+    for k in ours:
+        np.testing.assert_allclose(ours[k], tall[k].detach().numpy(), rtol=0, atol=1e-10)
+
+
+def test_sgd_no_decay_on_bias_and_norm_params():
+    rng = np.random.default_rng(1)
+    p = _params(rng)
+    before = {k: v.copy() for k, v in p.items()}
+    opt = SGD(p, lr=0.1, momentum=0.9, weight_decay=0.5)
+    opt.step({k: np.zeros_like(v) for k, v in p.items()})
+    for k in ("conv.bias", "gn.weight"):
+        np.testing.assert_array_equal(p[k], before[k])
+    for k in ("conv.weight", "fc.weight"):
+        np.testing.assert_allclose(p[k], before[k] * (1 - 0.1 * 0.5))
+
+
+def test_sgd_state_dict_roundtrip_continues_identically():
+    rng = np.random.default_rng(2)
+    p1 = _params(rng)
+    p2 = {k: v.copy() for k, v in p1.items()}
+    o1 = SGD(p1, lr=0.1)
+    gs = [{k: rng.standard_normal(v.shape) for k, v in p1.items()} for _ in range(4)]
+    o1.step(gs[0]); o1.step(gs[1])
+    o2 = SGD(p2, lr=0.1)
+    for k in p2:
+        p2[k][...] = p1[k]
+    o2.load_state_dict(o1.state_dict())
+    o1.step(gs[2]); o2.step(gs[2])
+    for k in p1:
+        np.testing.assert_array_equal(p1[k], p2[k])
+    assert o2.iteration == 3
+
+
+def test_sgd_bad_input():
+    p = {"w": np.zeros((2, 2))}
+    opt = SGD(p, lr=0.1)
+    with pytest.raises(ValueError, match="missing"):
+        opt.step({"v": np.zeros((2, 2))})
+    with pytest.raises(ValueError, match="shape"):
+        opt.step({"w": np.zeros((2, 3))})
+    with pytest.raises(TypeError, match="SGD"):
+        SGD([np.zeros(2)], lr=0.1)
+    with pytest.raises(ValueError, match="lr"):
+        SGD(p, lr=-1.0)
+
+
+def test_sgd_float32_stays_float32():
+    p = {"w": np.ones((3, 3), np.float32)}
+    SGD(p, lr=0.1).step({"w": np.ones((3, 3), np.float32)})
+    assert p["w"].dtype == np.float32
+
+
+def test_warmup_multistep():
+    s = WarmupMultiStepLR(0.02, warmup_iters=100, warmup_factor=0.001, milestones=(500, 800), gamma=0.1)
+    assert s(0) == pytest.approx(0.02 * 0.001)
+    assert s(50) == pytest.approx(0.02 * (0.001 * 0.5 + 0.5))
+    assert s(100) == pytest.approx(0.02)
+    assert s(499) == pytest.approx(0.02)
+    assert s(500) == pytest.approx(0.002)
+    assert s(799) == pytest.approx(0.002)
+    assert s(800) == pytest.approx(0.0002)
+    with pytest.raises(ValueError, match="increasing"):
+        WarmupMultiStepLR(0.1, milestones=(10, 5))
+
+
+@given(st.integers(0, 2000))
+def test_warmup_multistep_monotone_in_warmup_and_bounded(it):
+    s = WarmupMultiStepLR(1.0, warmup_iters=200, warmup_factor=0.01, milestones=(1000,), gamma=0.1)
+    assert 0 < s(it) <= 1.0
+    if it < 200:
+        assert s(it) <= s(it + 1)
+
+
+def test_warmup_cosine():
+    s = WarmupCosineLR(0.1, max_iters=1000, warmup_iters=0, min_lr=0.001)
+    assert s(0) == pytest.approx(0.1)
+    assert s(500) == pytest.approx(0.001 + 0.099 * 0.5)
+    assert s(1000) == pytest.approx(0.001)
+    assert s(5000) == pytest.approx(0.001)
+    w = WarmupCosineLR(0.1, max_iters=1000, warmup_iters=10, warmup_factor=0.1)
+    assert w(0) == pytest.approx(0.01)
+    assert w(5) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 0.005)) * (0.1 * 0.5 + 0.5))
+
+
+def test_clip_grad_norm_hand():
+    g = {"a": np.array([3.0]), "b": np.array([[4.0]])}
+    total = clip_grad_norm(g, 1.0)
+    assert total == pytest.approx(5.0)
+    np.testing.assert_allclose(g["a"], [3.0 / (5.0 + 1e-6)])
+    g = {"a": np.array([0.3]), "b": np.array([[0.4]])}
+    assert clip_grad_norm(g, 1.0) == pytest.approx(0.5)
+    np.testing.assert_array_equal(g["a"], [0.3])  # below the threshold: untouched
+
+
+@given(st.floats(0.01, 10.0), st.integers(0, 10_000))
+def test_clip_grad_norm_matches_torch(max_norm, seed):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(seed)
+    g = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(5)}
+    ts = [torch.zeros(3, 4, dtype=torch.float64, requires_grad=True),
+          torch.zeros(5, dtype=torch.float64, requires_grad=True)]
+    ts[0].grad = torch.tensor(g["a"].copy()); ts[1].grad = torch.tensor(g["b"].copy())
+    tt = torch.nn.utils.clip_grad_norm_(ts, max_norm)
+    total = clip_grad_norm(g, max_norm)
+    assert total == pytest.approx(float(tt), rel=1e-12)
+    np.testing.assert_allclose(g["a"], ts[0].grad.numpy(), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(g["b"], ts[1].grad.numpy(), rtol=0, atol=1e-10)
