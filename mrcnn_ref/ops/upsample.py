@@ -1,0 +1,67 @@
+"""Nearest-neighbour 2-D upsampling, forward and backward (the FPN top-down path).
+
+With an integer ``scale_factor`` s every input pixel becomes an ``s x s`` block::
+
+    out[n, c, i, j] = x[n, c, i // s, j // s]
+
+so the backward sums the upstream gradient over each block (a reshape and a sum).
+
+With an explicit output ``size=(H2, W2)`` (needed when FPN levels are not exactly 2x apart, e.g.
+odd sizes), output row ``i`` reads input row ``floor(i * H / H2)`` — PyTorch's ``'nearest'`` rule,
+computed like PyTorch in float32 (``scale = float32(H) / float32(H2)``), clamped to ``H - 1``.
+Several output pixels may read the same input pixel, so the backward is a scatter-add
+(``np.bincount`` on flat indices).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._checks import check_array, check_positive_int, pair
+from ..backend import get_array_module, scatter_add
+
+__all__ = ["upsample_nearest2d_forward", "upsample_nearest2d_backward", "nearest_source_index"]
+
+
+def nearest_source_index(in_size: int, out_size: int, xp=np):
+    """Input index read by each of ``out_size`` output positions (PyTorch 'nearest', float32 scale)."""
+    if out_size == in_size:
+        return xp.arange(out_size)
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = xp.floor(xp.arange(out_size, dtype=xp.float32) * scale).astype(xp.int64)
+    return xp.minimum(src, in_size - 1)
+
+
+def upsample_nearest2d_forward(x, scale_factor=2, size=None):
+    """Nearest-neighbour upsampling of ``x (N, C, H, W)``.
+
+    Either ``scale_factor`` (positive int, the default 2) giving ``(N, C, s*H, s*W)``, or
+    ``size=(H2, W2)`` (takes precedence) giving ``(N, C, H2, W2)``. Returns ``(out, cache)``.
+    """
+    where = "upsample_nearest2d_forward"
+    check_array(x, "x", where, ndim=4, floating=True)
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    if size is None:
+        s = check_positive_int(scale_factor, "scale_factor", where)
+        out = xp.broadcast_to(x[:, :, :, None, :, None], (n, c, h, s, w, s)).reshape(n, c, h * s, w * s)
+        return out, ("scale", x.shape, s)
+    h2, w2 = pair(size, "size", where)
+    ih = nearest_source_index(h, h2, xp)
+    iw = nearest_source_index(w, w2, xp)
+    out = x[:, :, ih[:, None], iw[None, :]]
+    return out, ("size", x.shape, (ih, iw))
+
+
+def upsample_nearest2d_backward(dout, cache):
+    """``dx (N, C, H, W)``: the upstream gradient summed over the output pixels that read each input."""
+    kind, (n, c, h, w), extra = cache
+    if kind == "scale":
+        s = extra
+        return dout.reshape(n, c, h, s, w, s).sum(axis=(3, 5))
+    ih, iw = extra
+    xp = get_array_module(dout)
+    within = (ih[:, None] * w + iw[None, :])                        # (H2, W2) into one image
+    flat = xp.arange(n * c).reshape(n, c, 1, 1) * (h * w) + within  # (N, C, H2, W2)
+    dx = xp.zeros(n * c * h * w, dtype=dout.dtype)
+    scatter_add(dx, flat.ravel(), dout.ravel())
+    return dx.reshape(n, c, h, w)
