@@ -101,6 +101,9 @@ class ShapesDataset:
     """
 
     categories = CATEGORIES
+    num_classes = len(CATEGORIES) + 1                  # including the background (label 0)
+    cat_id_to_label = {c["id"]: c["id"] for c in CATEGORIES}   # labels are the category ids
+    label_to_cat_id = {c["id"]: c["id"] for c in CATEGORIES}
 
     def __init__(self, split="train", num_images=None, image_size=128, seed=0, max_instances=4,
                  noise_std=4.0, cache_size=256):

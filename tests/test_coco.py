@@ -1,0 +1,188 @@
+"""Tests for mrcnn_ref.data.coco: a tiny COCO dataset written to tmp_path, and malformed variants."""
+import copy
+import json
+
+import numpy as np
+import pytest
+from skimage import io
+
+from mrcnn_ref.data.coco import CocoDataset
+from mrcnn_ref.data.masks import masks_to_boxes
+from mrcnn_ref.data.rle import rle_encode, rle_encode_uncompressed
+
+
+def _write_images(d):
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[..., 0] = 200
+    io.imsave(d / "a.png", rgb, check_contrast=False)
+    grey = np.full((16, 12), 77, np.uint8)
+    io.imsave(d / "b.png", grey, check_contrast=False)
+    rgba = np.zeros((10, 10, 4), np.uint8)
+    rgba[..., 1] = 99
+    rgba[..., 3] = 255
+    io.imsave(d / "c.png", rgba, check_contrast=False)
+
+
+def _dataset_dict():
+    m_rle = np.zeros((20, 30), bool)
+    m_rle[2:7, 20:26] = True                      # box (20, 2, 26, 7)
+    m_unc = np.zeros((16, 12), bool)
+    m_unc[3:9, 1:5] = True                        # box (1, 3, 5, 9)
+    return {
+        "images": [
+            {"id": 10, "file_name": "a.png", "height": 20, "width": 30},
+            {"id": 3, "file_name": "b.png", "height": 16, "width": 12},
+            {"id": 7, "file_name": "c.png", "height": 10, "width": 10},   # no annotations
+        ],
+        "categories": [{"id": 5, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 9, "name": "owl"}],
+        "annotations": [
+            # polygon: the rectangle with corners (2, 3) and (12, 11) -> pixels cols 2..11, rows 3..10
+            {"id": 1, "image_id": 10, "category_id": 5, "iscrowd": 0, "bbox": [2, 3, 10, 8],
+             "segmentation": [[2, 3, 12, 3, 12, 11, 2, 11]], "area": 80},
+            {"id": 2, "image_id": 10, "category_id": 2, "iscrowd": 0, "bbox": [20, 2, 6, 5],
+             "segmentation": rle_encode(m_rle), "area": 30},
+            {"id": 3, "image_id": 10, "category_id": 9, "iscrowd": 1, "bbox": [0, 12, 30, 8],
+             "segmentation": rle_encode_uncompressed(np.pad(np.ones((8, 30), bool), ((12, 0), (0, 0)))),
+             "area": 240},
+            {"id": 4, "image_id": 3, "category_id": 9, "bbox": [1, 3, 4, 6],
+             "segmentation": rle_encode_uncompressed(m_unc), "area": 24},
+        ],
+    }
+
+
+@pytest.fixture
+def coco_dir(tmp_path):
+    _write_images(tmp_path)
+    return tmp_path
+
+
+def _write(tmp_path, data, name="instances.json"):
+    p = tmp_path / name
+    p.write_text(json.dumps(data))
+    return p
+
+
+def test_loads_all_segmentation_kinds(coco_dir):
+    ds = CocoDataset(_write(coco_dir, _dataset_dict()), coco_dir)
+    assert len(ds) == 3 and ds.image_ids == [3, 7, 10]
+    assert ds.cat_id_to_label == {2: 1, 5: 2, 9: 3} and ds.label_to_cat_id == {1: 2, 2: 5, 3: 9}
+    assert ds.num_classes == 4 and [c["name"] for c in ds.categories] == ["dog", "cat", "owl"]
+
+    s = ds[2]                                     # image id 10: polygon + compressed RLE + crowd
+    assert s["image_id"] == 10 and s["image"].shape == (20, 30, 3) and s["image"].dtype == np.uint8
+    assert (s["image"][..., 0] == 200).all()
+    assert s["labels"].tolist() == [2, 1]
+    np.testing.assert_array_equal(s["boxes"], [[2, 3, 12, 11], [20, 2, 26, 7]])
+    assert s["masks"].shape == (2, 20, 30) and s["masks"].dtype == bool
+    assert s["masks"][0].sum() == 80 and s["masks"][1].sum() == 30
+    np.testing.assert_array_equal(s["boxes"], masks_to_boxes(s["masks"]))
+    np.testing.assert_array_equal(s["crowd_boxes"], [[0, 12, 30, 20]])
+
+    g = ds[0]                                     # grey image, uncompressed RLE
+    assert g["image"].shape == (16, 12, 3) and (g["image"] == 77).all()
+    assert g["labels"].tolist() == [3]
+    np.testing.assert_array_equal(g["boxes"], [[1, 3, 5, 9]])
+    assert g["crowd_boxes"].shape == (0, 4)
+
+    e = ds[1]                                     # RGBA, no annotations
+    assert e["image"].shape == (10, 10, 3) and (e["image"][..., 1] == 99).all()
+    assert e["boxes"].shape == (0, 4) and e["masks"].shape == (0, 10, 10)
+    assert e["labels"].shape == (0,) and e["labels"].dtype == np.int64
+
+
+def test_category_subset_and_to_coco(coco_dir):
+    ds = CocoDataset(_write(coco_dir, _dataset_dict()), coco_dir, category_ids=[9, 5])
+    assert ds.cat_id_to_label == {5: 1, 9: 2}
+    assert ds[2]["labels"].tolist() == [1] and ds[0]["labels"].tolist() == [2]
+    gt = ds.to_coco([2])
+    assert [im["id"] for im in gt["images"]] == [10]
+    assert sorted(a["id"] for a in gt["annotations"]) == [1, 3]
+    assert [c["id"] for c in gt["categories"]] == [5, 9]
+    with pytest.raises(ValueError, match="category_ids"):
+        CocoDataset(_write(coco_dir, _dataset_dict()), coco_dir, category_ids=[4])
+
+
+def _mutations():
+    """(description, mutate(data), expected message fragment incl. the annotation id)."""
+    def m(fn):
+        return fn
+
+    return [
+        ("no annotations key", m(lambda d: d.pop("annotations")), "annotations"),
+        ("no images key", m(lambda d: d.pop("images")), "images"),
+        ("no categories key", m(lambda d: d.pop("categories")), "categories"),
+        ("ann without bbox", m(lambda d: d["annotations"][1].pop("bbox")), "annotation id 2: missing key 'bbox'"),
+        ("ann without segmentation", m(lambda d: d["annotations"][0].pop("segmentation")),
+         "annotation id 1: missing key 'segmentation'"),
+        ("ann without image_id", m(lambda d: d["annotations"][3].pop("image_id")), "annotation id 4: missing key"),
+        ("ann without category_id", m(lambda d: d["annotations"][3].pop("category_id")), "annotation id 4: missing"),
+        ("ann without id", m(lambda d: d["annotations"][3].pop("id")), "missing key 'id'"),
+        ("box outside", m(lambda d: d["annotations"][1].__setitem__("bbox", [25, 2, 8, 5])),
+         "annotation id 2: bbox .* outside"),
+        ("box negative x", m(lambda d: d["annotations"][0].__setitem__("bbox", [-3, 3, 10, 8])),
+         "annotation id 1: bbox .* outside"),
+        ("box zero width", m(lambda d: d["annotations"][0].__setitem__("bbox", [2, 3, 0, 8])),
+         "annotation id 1: bbox .* zero or negative"),
+        ("box negative height", m(lambda d: d["annotations"][0].__setitem__("bbox", [2, 3, 4, -1])),
+         "annotation id 1: bbox .* zero or negative"),
+        ("polygon of 2 points", m(lambda d: d["annotations"][0].__setitem__("segmentation", [[2, 3, 12, 3]])),
+         "annotation id 1: polygon 0"),
+        ("empty polygon list", m(lambda d: d["annotations"][0].__setitem__("segmentation", [])),
+         "annotation id 1: segmentation"),
+        ("unknown category", m(lambda d: d["annotations"][1].__setitem__("category_id", 42)),
+         "annotation id 2: category_id 42"),
+        ("unknown image", m(lambda d: d["annotations"][3].__setitem__("image_id", 99)),
+         "annotation id 4: image_id 99"),
+        ("missing image file", m(lambda d: d["images"][1].__setitem__("file_name", "nope.png")),
+         "image 3: image file .*nope.png.* not found"),
+        ("RLE of the wrong size", m(lambda d: d["annotations"][1]["segmentation"].__setitem__("size", [30, 20])),
+         "annotation id 2: RLE size"),
+        ("duplicate annotation id", m(lambda d: d["annotations"][1].__setitem__("id", 1)),
+         "annotation id 1: id appears twice"),
+    ]
+
+
+@pytest.mark.parametrize("desc,mutate,msg", _mutations(), ids=[t[0] for t in _mutations()])
+def test_malformed_files_fail_clearly(coco_dir, desc, mutate, msg):
+    data = copy.deepcopy(_dataset_dict())
+    mutate(data)
+    path = _write(coco_dir, data, "bad.json")
+    with pytest.raises(ValueError, match=msg) as info:
+        CocoDataset(path, coco_dir)
+    assert "bad.json" in str(info.value)          # the file is named
+
+
+def test_box_tolerance_and_unreadable_inputs(coco_dir):
+    data = _dataset_dict()
+    data["annotations"][1]["bbox"] = [20.5, 2, 10.2, 5]   # 0.7 px past the right edge
+    CocoDataset(_write(coco_dir, data), coco_dir)           # within the default 1 px tolerance
+    with pytest.raises(ValueError, match="outside"):
+        CocoDataset(_write(coco_dir, data), coco_dir, box_tolerance=0.5)
+    with pytest.raises(ValueError, match="not found"):
+        CocoDataset(coco_dir / "missing.json", coco_dir)
+    (coco_dir / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json: not valid JSON"):
+        CocoDataset(coco_dir / "broken.json", coco_dir)
+    data = _dataset_dict()
+    data["images"][2]["height"] = 11                          # JSON disagrees with the file
+    ds = CocoDataset(_write(coco_dir, data), coco_dir)
+    with pytest.raises(ValueError, match="image 7: .*c.png"):
+        ds[1]
+    with pytest.raises(IndexError):
+        ds[3]
+
+
+def test_shapes_to_coco_round_trip(tmp_path):
+    """ShapesDataset exported as COCO (PNG files + JSON) reads back identically."""
+    from mrcnn_ref.data.shapes import ShapesDataset
+
+    shapes = ShapesDataset("val", num_images=3, image_size=64)
+    gt = shapes.to_coco()
+    for i, im in enumerate(gt["images"]):
+        io.imsave(tmp_path / im["file_name"], shapes[i]["image"], check_contrast=False)
+    ds = CocoDataset(_write(tmp_path, gt), tmp_path)
+    for i in range(3):
+        a, b = shapes[i], ds[i]
+        for k in ("image", "boxes", "labels", "masks"):
+            np.testing.assert_array_equal(a[k], b[k])
+        assert a["image_id"] == b["image_id"]
