@@ -139,3 +139,18 @@ def test_to_coco():
         x1, y1, x2, y2 = s["boxes"][k[0]]
         assert a["bbox"] == [x1, y1, x2 - x1, y2 - y1]
     assert len(ds.to_coco(indices=[2])["images"]) == 1
+
+
+def test_to_coco_is_readable_by_pycocotools():
+    pytest.importorskip("mrcnn_ref.data.rle")
+    coco_mod = pytest.importorskip("pycocotools.coco")
+    ds = ShapesDataset("train", num_images=3, image_size=64)
+    gt = coco_mod.COCO()
+    gt.dataset = ds.to_coco()
+    gt.createIndex()
+    for i in range(3):
+        s = ds[i]
+        anns = gt.loadAnns(gt.getAnnIds(imgIds=[i + 1]))
+        got = np.stack([gt.annToMask(a).astype(bool) for a in anns])
+        np.testing.assert_array_equal(got, s["masks"])
+        assert [a["category_id"] for a in anns] == s["labels"].tolist()

@@ -194,13 +194,17 @@ class ShapesDataset:
             labels.append(category)
             colors.append(_random_color(rng, [bg] + colors,
                                         [MIN_COLOR_DISTANCE] + [MIN_COLOR_DISTANCE / 2] * len(colors)))
-        image = np.empty((size, size, 3), dtype=np.float32)
+        image = np.empty((size, size, 3), dtype=np.uint8)
         image[:] = bg
         for m, c in zip(full, colors):
             image[m] = c
         if self.noise_std > 0:
-            image += rng.normal(0.0, self.noise_std, size=image.shape).astype(np.float32)
-        image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+            noisy = rng.standard_normal(image.shape, dtype=np.float32)
+            noisy *= self.noise_std
+            noisy += image
+            noisy += 0.5                                   # round half up by truncation below
+            np.clip(noisy, 0, 255, out=noisy)
+            image = noisy.astype(np.uint8)
         masks = (np.stack(visible) if visible else np.zeros((0, size, size), dtype=bool))
         return {
             "image": image,
