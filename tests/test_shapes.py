@@ -141,6 +141,7 @@ def test_to_coco():
     assert len(ds.to_coco(indices=[2])["images"]) == 1
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_to_coco_is_readable_by_pycocotools():
     pytest.importorskip("mrcnn_ref.data.rle")
     coco_mod = pytest.importorskip("pycocotools.coco")
