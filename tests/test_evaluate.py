@@ -107,6 +107,20 @@ def test_box_and_mask_iou_hand():
     np.testing.assert_allclose(mask_iou(gm[1:], dm, [1]), [[1.0]])
 
 
+def test_tie_in_iou_goes_to_the_later_gt(tmp_path):
+    # d1 overlaps g1 and g2 with IoU 0.5 each: pycocotools gives it the *later* gt (g2), which
+    # leaves g1 for d2 (IoU 1). Taking g1 first would make d2 a false positive at t = 0.5.
+    gt = _one_image_gt([[0, 0, 10, 10], [10, 0, 10, 10]])
+    res = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 20, 10], "score": 0.9},
+           {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.8}]
+    m = coco_evaluate(gt, res)
+    assert m["AP50"] == pytest.approx(1.0)
+    # t >= 0.55: FP then TP -> precision 1/2 on recall points 0..0.5 (51 of 101)
+    assert m["AP"] == pytest.approx((1 + 9 * 51 * 0.5 / 101) / 10)
+    ev = _pycocotools_eval(tmp_path, gt, res, "bbox")
+    np.testing.assert_allclose([m[k] for k in KEYS], ev.stats, rtol=0, atol=1e-12)
+
+
 def test_no_gt_gives_minus_one():
     gt = {"images": [{"id": 1}], "annotations": [], "categories": [{"id": 1}]}
     res = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}]
@@ -195,9 +209,12 @@ def synthetic_case(seed, n_images=12, n_cats=3, size=(128, 160)):
             side = rng.choice([rng.integers(4, 30), rng.integers(33, 95), rng.integers(100, 127)])
             bw = int(min(side * rng.uniform(0.7, 1.3), w - 1))
             bh = int(min(side * rng.uniform(0.7, 1.3), h - 1))
+            square = rng.random() < 0.15             # area exactly on a range bound: 32² or 96²
+            if square:
+                bw = bh = int(rng.choice([32, 96]))
             x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
             m = _rect_mask(h, w, x0, y0, x0 + bw, y0 + bh)
-            if rng.random() < 0.5:                   # cut a notch: not a plain rectangle
+            if not square and rng.random() < 0.5:    # cut a notch: not a plain rectangle
                 m[y0:y0 + bh // 3, x0:x0 + bw // 3] = False
             crowd = int(rng.random() < 0.1)
             cat = int(rng.choice(cat_ids))
@@ -206,6 +223,9 @@ def synthetic_case(seed, n_images=12, n_cats=3, size=(128, 160)):
                          "segmentation": seg, "area": float(m.sum()), "bbox": rle_to_bbox(seg),
                          "iscrowd": crowd})
             gt_masks.append((cat, x0, y0, bw, bh))
+            if rng.random() < 0.1:                   # an exact duplicate gt: IoU ties
+                anns.append(dict(anns[-1], id=len(anns) + 1))
+                gt_masks.append((cat, x0, y0, bw, bh))
         if rng.random() < 0.15:
             continue                                 # an image without detections
         dets = []
@@ -221,8 +241,14 @@ def synthetic_case(seed, n_images=12, n_cats=3, size=(128, 160)):
             bw, bh = (int(v) for v in rng.integers(3, 80, 2))
             dets.append((int(rng.choice(cat_ids[:-1])), int(rng.integers(0, w - 3)),
                          int(rng.integers(0, h - 3)), bw, bh))
+        if rng.random() < 0.5:                                        # FP with area 32² or 96²
+            side = int(rng.choice([32, 96]))
+            dets.append((int(rng.choice(cat_ids[:-1])), int(rng.integers(0, w - side)),
+                         int(rng.integers(0, h - side)), side, side))
         for cat, x0, y0, bw, bh in dets:
             m = _rect_mask(h, w, x0, y0, x0 + bw, y0 + bh)
+            if rng.random() < 0.5:                   # notch: mask area < box area
+                m[max(y0, 0):max(y0 + bh // 4, 0), max(x0, 0):max(x0 + bw // 4, 0)] = False
             if not m.any():
                 continue
             score = float(np.round(rng.uniform(0.05, 1.0), 1))        # coarse: many score ties
