@@ -259,3 +259,48 @@ def test_functions_run_on_the_default_backend(xp):
     mini = minimize_mask(boxes, masks, (28, 28))
     back = expand_mask(boxes, mini, s["image"].shape)
     np.testing.assert_array_equal(asnumpy(back), expand_mask(s["boxes"], asnumpy(mini), (128, 128)))
+
+
+def test_paste_chunking_gives_the_same_result(monkeypatch):
+    import mrcnn_ref.data.masks as masks_mod
+
+    rng = np.random.default_rng(1)
+    probs = rng.random((7, 6, 6))
+    x1y1 = rng.uniform(-3, 15, (7, 2))
+    boxes = np.concatenate([x1y1, x1y1 + rng.uniform(1, 12, (7, 2))], axis=1)
+    whole = paste_masks_in_image(probs, boxes, (20, 21))
+    monkeypatch.setattr(masks_mod, "_PASTE_CHUNK_VALUES", 2 * 20 * 21)   # chunks of 2 RoIs
+    np.testing.assert_array_equal(paste_masks_in_image(probs, boxes, (20, 21)), whole)
+    assert whole.any()
+
+
+@settings(max_examples=20)
+@given(st.data())
+def test_paste_matches_per_pixel_reference_for_fractional_boxes(data):
+    """Pixel (r, c) takes the bilinear value at u = (c + 0.5 - x1) / (x2 - x1) * M - 0.5 (clamped)."""
+    m = data.draw(st.integers(2, 7))
+    seed = data.draw(st.integers(0, 2**31))
+    rng = np.random.default_rng(seed)
+    x1, y1 = rng.uniform(-4, 10, 2)
+    x2, y2 = x1 + rng.uniform(0.8, 14), y1 + rng.uniform(0.8, 14)
+    probs = rng.random((1, m, m))
+    h, w = 12, 13
+    out = paste_masks_in_image(probs, np.array([[x1, y1, x2, y2]]), (h, w))[0]
+
+    def coord(p, lo, hi):
+        u = min(max((p + 0.5 - lo) / (hi - lo) * m - 0.5, 0.0), m - 1.0)
+        i0 = int(np.floor(u))
+        return i0, min(i0 + 1, m - 1), u - i0
+
+    want = np.zeros((h, w), bool)
+    for r in range(h):
+        for c in range(w):
+            if not (x1 <= c + 0.5 < x2 and y1 <= r + 0.5 < y2):
+                continue
+            a0, a1, ty = coord(r, y1, y2)
+            b0, b1, tx = coord(c, x1, x2)
+            p = probs[0]
+            v = ((1 - ty) * ((1 - tx) * p[a0, b0] + tx * p[a0, b1])
+                 + ty * ((1 - tx) * p[a1, b0] + tx * p[a1, b1]))
+            want[r, c] = v >= 0.5
+    np.testing.assert_array_equal(out, want)

@@ -29,6 +29,8 @@ import numpy as np
 from .._checks import check_array, check_positive_int, pair
 from ..backend import get_array_module
 
+_PASTE_CHUNK_VALUES = 1 << 24
+
 __all__ = [
     "masks_to_boxes",
     "minimize_mask",
@@ -181,13 +183,19 @@ def paste_masks_in_image(mask_probs, boxes, image_size, threshold=0.5):
     if r == 0:
         return xp.zeros((0, h, w), dtype=bool)
     dtype = mask_probs.dtype if np.issubdtype(mask_probs.dtype, np.floating) else xp.float32
-    ay = _grid_to_pixel_weights(boxes[:, 1], boxes[:, 3], h, mh, xp, dtype)   # (R, h, Mh)
-    ax = _grid_to_pixel_weights(boxes[:, 0], boxes[:, 2], w, mw, xp, dtype)   # (R, w, Mw)
-    full = ay @ mask_probs.astype(dtype) @ ax.transpose(0, 2, 1)             # (R, h, w)
-    # Pixels outside the box have all-zero weights (value 0); exclude them explicitly so that a
-    # threshold <= 0 cannot switch them on.
-    inside = ay.sum(axis=2)[:, :, None] * ax.sum(axis=2)[:, None, :] > 0
-    return (full >= threshold) & inside
+    out = xp.empty((r, h, w), dtype=bool)
+    # RoIs are processed in chunks so the float (chunk, h, w) intermediate stays ~ 16M values.
+    step = max(1, _PASTE_CHUNK_VALUES // (h * w))
+    for s in range(0, r, step):
+        b, p = boxes[s:s + step], mask_probs[s:s + step].astype(dtype)
+        ay = _grid_to_pixel_weights(b[:, 1], b[:, 3], h, mh, xp, dtype)      # (r, h, Mh)
+        ax = _grid_to_pixel_weights(b[:, 0], b[:, 2], w, mw, xp, dtype)      # (r, w, Mw)
+        full = ay @ p @ ax.transpose(0, 2, 1)                                # (r, h, w)
+        # Pixels outside the box have all-zero weights (value 0); exclude them explicitly so
+        # that a threshold <= 0 cannot switch them on.
+        inside = (ay.sum(axis=2)[:, :, None] > 0) & (ax.sum(axis=2)[:, None, :] > 0)
+        out[s:s + step] = (full >= threshold) & inside
+    return out
 
 
 def expand_mask(boxes, mini_masks, image_shape):
