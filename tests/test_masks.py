@@ -122,7 +122,7 @@ def test_minimize_expand_roundtrip_on_shapes():
         back = expand_mask(s["boxes"], mini, s["image"].shape)
         for a, b in zip(s["masks"], back):
             assert iou(a, b) >= 0.9
-            assert not (b & ~np.pad(a, 1)[1:-1, 1:-1]).sum() > 0.1 * a.sum()
+            assert (b & ~a).sum() <= 0.1 * a.sum()       # little spill outside the shape
 
 
 def test_minimize_mask_errors():
