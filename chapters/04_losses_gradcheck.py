@@ -440,5 +440,7 @@ print("all checks passed")
 # 4. In the toy of section 4, give the head one extra input per RoI — a one-hot of its class added
 #    to the logits through a learnable $(K, K)$ matrix — and retrain the softmax version. Does the
 #    competition disappear? What does that say about coupling mask prediction and classification?
-# 5. The softmax cross-entropy gradient check fails for logits $\times 20$ although the backward is
-#    right. Find the row responsible and explain the failure with the round-off term of section 6.
+# 5. Run `check_op_gradients` on the softmax cross-entropy of the single row `[[6.0, -8.0]]` with
+#    label 0. The relative error is far above $10^{-6}$ although the backward is right. Explain it
+#    with the round-off term of section 6 (how large are the loss and its gradient?), and find an
+#    $h$ for which the check passes.
