@@ -104,10 +104,6 @@ def test_full_gradient_check_tiny_resnet_fpn():
 def _torch_forward(torch, mod, x, tp, prefix=""):
     """An independent reference: the same network spelled with torch.nn.functional ops."""
     F = torch.nn.functional
-
-    def P(name):
-        return tp[f"{prefix}{name}"] if prefix or name else tp[name]
-
     pre = prefix
     if isinstance(mod, Conv2d):
         return F.conv2d(x, tp[pre + "weight"], tp.get(pre + "bias"), stride=mod.stride, padding=mod.padding)
