@@ -470,12 +470,15 @@ def detections_to_coco_results(image_id, boxes, scores, labels, masks=None, cate
         masks = np.asarray(asnumpy(masks))
         if masks.ndim != 3 or masks.shape[0] != n:
             raise ValueError(f"{where}: masks must have shape (N, H, W) with N={n}, got {masks.shape}")
+    if isinstance(image_id, np.integer):
+        image_id = int(image_id)                  # JSON-serialisable
     out = []
     for i in range(n):
         lab = int(labels[i])
         cat = lab if category_ids is None else category_ids[lab]
         x1, y1, x2, y2 = boxes[i].tolist()
-        r = {"image_id": image_id, "category_id": int(cat) if isinstance(cat, (int, np.integer)) else cat,
+        cat = int(cat) if isinstance(cat, (int, np.integer)) else cat
+        r = {"image_id": image_id, "category_id": cat,
              "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(scores[i])}
         if masks is not None:
             r["segmentation"] = rle_encode(masks[i] > 0 if masks.dtype != bool else masks[i])
