@@ -39,6 +39,7 @@ class MaskRCNNConfig:
     num_classes: int = 4                      # K, including background (class 0)
     image_size: int = 128                     # nominal training image side (images are padded to /32)
     backbone: str = "resnet_fpn_tiny"         # a preset of mrcnn_ref.model.backbone
+    backbone_overrides: dict = field(default_factory=dict)  # BackboneConfig fields to change
     # --- anchors / RPN ---------------------------------------------------------------------
     anchor_sizes: tuple = (8, 16, 32, 64, 128)  # one size per level P2..P6 (strides 4..64)
     anchor_ratios: tuple = (0.5, 1.0, 2.0)    # height / width
@@ -145,6 +146,8 @@ class MaskRCNNConfig:
                                                                or self.roi_sampling_ratio == -1)):
             raise ValueError(f"{where}: roi_sampling_ratio must be a positive int or -1, "
                              f"got {self.roi_sampling_ratio!r}")
+        if not isinstance(self.backbone_overrides, dict):
+            raise TypeError(f"{where}: backbone_overrides must be a dict, got {self.backbone_overrides!r}")
         if not 0.0 <= self.score_thresh < 1.0:
             raise ValueError(f"{where}: score_thresh must be in [0, 1), got {self.score_thresh!r}")
         return self
@@ -162,6 +165,8 @@ def config_from_dict(d: dict) -> MaskRCNNConfig:
         raise ValueError(f"config_from_dict: unknown config key(s) {unknown}; valid keys are "
                          f"{sorted(_FIELDS)}")
     kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+    if isinstance(kw.get("backbone_overrides"), dict):
+        kw["backbone_overrides"] = dict(kw["backbone_overrides"])
     # ints given where floats are expected are fine; floats where ints are expected are not
     for k, v in kw.items():
         if _FIELDS[k].type == "float" and isinstance(v, int) and not isinstance(v, bool):
@@ -173,12 +178,14 @@ PRESETS: dict[str, dict] = {
     "shapes": dict(name="shapes"),
     "tiny": dict(
         name="tiny", num_classes=3, image_size=64,
+        backbone_overrides=dict(stem_channels=8, widths=(8, 8, 16, 16), fpn_channels=16, gn_groups=4),
         anchor_sizes=(8, 16, 32, 64, 128),
         rpn_batch_size=64, rpn_pre_nms_top_n_train=100, rpn_pre_nms_top_n_test=50,
         rpn_post_nms_top_n_train=32, rpn_post_nms_top_n_test=16,
         box_batch_size_per_image=16, box_head_dim=32,
         mask_head_convs=1, mask_head_channels=8,
         box_roi_size=7, mask_roi_size=7, detections_per_img=20,
+        roi_canonical_size=32.0,      # 64-px images: spread the RoIs over P2..P5 (<16 px P2, >=64 P5)
     ),
 }
 
