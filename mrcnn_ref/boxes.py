@@ -219,7 +219,7 @@ def decode_boxes(deltas, boxes, weights=RPN_BOX_WEIGHTS, clamp: float = DEFAULT_
     half_w = 0.5 * (xp.exp(dw) * pw)
     half_h = 0.5 * (xp.exp(dh) * ph)
     out = xp.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=2)  # (N, K, 4)
-    return out.reshape(deltas.shape[0], -1).astype(deltas.dtype, copy=False)
+    return out.reshape(deltas.shape[0], deltas.shape[1]).astype(deltas.dtype, copy=False)
 
 
 def box_xyxy_to_xywh(boxes):
