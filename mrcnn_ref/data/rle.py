@@ -80,7 +80,7 @@ def counts_from_string(s) -> np.ndarray:
     ends = np.flatnonzero(~more)                       # last chunk of each number
     starts = np.concatenate([[0], ends[:-1] + 1])
     k = np.arange(b.size) - np.repeat(starts, ends - starts + 1)   # chunk index within number
-    if k.max() > 12:
+    if k.max() > 11:                                   # 12 chunks = 60 bits at most
         raise ValueError("counts_from_string: a number in the counts string is too long")
     x = np.add.reduceat((b & 0x1F) << (5 * k), starts)
     nchunks = ends - starts + 1
