@@ -1,8 +1,18 @@
-"""Command-line interface: ``mrcnn-ref {train,evaluate,predict}``."""
+"""Command-line interface: ``mrcnn-ref {train,evaluate,predict}``.
+
+    mrcnn-ref train --config shapes --out runs/shapes [--seed N] [--resume]
+    mrcnn-ref evaluate --checkpoint runs/shapes/model.npz --split val --num-images 200 --out runs/eval
+    mrcnn-ref predict IMAGE --checkpoint runs/shapes/model.npz --out picture.png
+
+Errors the user can fix (bad config, missing files, a malformed COCO file, a diverged run) are
+printed as one line on stderr with exit status 2 — no traceback (set MRCNN_REF_DEBUG=1 to see it).
+"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
 from . import __version__
 
@@ -13,8 +23,96 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mask R-CNN from scratch in NumPy: train, evaluate and predict.",
     )
     parser.add_argument("--version", action="version", version=f"mrcnn-ref {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model (the main job: --config shapes)",
+                       description="Train Mask R-CNN from scratch. Writes OUT/model.npz, periodic "
+                                   "checkpoints, OUT/config.json, OUT/history.json and OUT/loss_curves.png.")
+    p.add_argument("--config", default="shapes",
+                   help="built-in config name (shapes, tiny) or a .json/.toml file (default: shapes)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--iterations", type=int, default=None, help="override the config's iterations")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("evaluate", help="COCO-style bbox and mask AP on held-out images",
+                       description="Predict on a split and write EVAL/ground_truth.json, "
+                                   "EVAL/predictions.json and EVAL/metrics.json.")
+    p.add_argument("--checkpoint", required=True, help="a model.npz written by train")
+    p.add_argument("--split", default="val", help="shapes split: val (default) or train")
+    p.add_argument("--num-images", type=int, default=200, help="number of images (default 200)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--coco-annotations", default=None, help="evaluate on a COCO instances JSON instead")
+    p.add_argument("--coco-images", default=None, help="image folder for --coco-annotations")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("predict", help="draw the detections on one image",
+                       description="Detect instances in IMAGE and write a PNG with masks, boxes, "
+                                   "labels and scores.")
+    p.add_argument("image", help="an image file (PNG/JPEG)")
+    p.add_argument("--checkpoint", required=True, help="a model.npz written by train")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--score-thresh", type=float, default=0.5, help="minimum score shown (default 0.5)")
     return parser
+
+
+def _cmd_train(args) -> int:
+    from .train import train  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    history = train(args.config, args.out, seed=args.seed, resume=args.resume,
+                    iterations=args.iterations, progress=not args.no_progress)
+    wall = time.perf_counter() - t0
+    n = len(history["total"])
+    tail = history["total"][-50:]
+    print(f"trained {n} iterations in {wall:.0f} s wall "
+          f"({sum(history['seconds']) / max(n, 1):.3f} s/iteration); "
+          f"final loss (mean of last {len(tail)}): {sum(tail) / max(len(tail), 1):.4f}")
+    print(f"wrote {os.path.join(args.out, 'model.npz')} and {os.path.join(args.out, 'loss_curves.png')}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .inference import evaluate_model  # noqa: PLC0415
+    from .train import build_dataset, load_model  # noqa: PLC0415
+
+    model, rcfg, extra = load_model(args.checkpoint)
+    if args.coco_annotations or args.coco_images:
+        if not (args.coco_annotations and args.coco_images):
+            raise ValueError("evaluate: give both --coco-annotations and --coco-images")
+        from .data.coco import CocoDataset  # noqa: PLC0415
+
+        dataset = CocoDataset(args.coco_annotations, args.coco_images)
+    else:
+        dataset = build_dataset(rcfg.train, args.split)
+    num = min(args.num_images, len(dataset))
+    res = evaluate_model(model, dataset, args.out, num_images=num, progress=not args.no_progress)
+    b, s = res["bbox"], res["segm"]
+    print(f"{num} images, {res['seconds_per_image']:.3f} s/image")
+    print(f"bbox AP {b['AP']:.4f}  AP50 {b['AP50']:.4f}  AP75 {b['AP75']:.4f}")
+    print(f"segm AP {s['AP']:.4f}  AP50 {s['AP50']:.4f}  AP75 {s['AP75']:.4f}")
+    print(f"wrote {os.path.join(args.out, 'metrics.json')}")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from .inference import predict_image, read_image  # noqa: PLC0415
+    from .train import load_model  # noqa: PLC0415
+    from .visualize import save_detections  # noqa: PLC0415
+
+    image = read_image(args.image)
+    model, _, extra = load_model(args.checkpoint)
+    det = predict_image(model, image, score_thresh=args.score_thresh)
+    names = {c["label"]: c["name"] for c in extra.get("categories", [])}
+    save_detections(args.out, image, det, class_names=names,
+                    title=f"{len(det['scores'])} detections (score >= {args.score_thresh})")
+    for i in range(len(det["scores"])):
+        x1, y1, x2, y2 = det["boxes"][i]
+        lab = int(det["labels"][i])
+        print(f"{names.get(lab, lab)}\t{det['scores'][i]:.3f}\t[{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}]")
+    print(f"wrote {args.out}")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -23,7 +121,19 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return 0
+    from .train import TrainingDiverged  # noqa: PLC0415
+
+    handler = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict}[args.command]
+    try:
+        return handler(args)
+    except (ValueError, TypeError, TrainingDiverged, FileNotFoundError) as e:
+        if os.environ.get("MRCNN_REF_DEBUG"):
+            raise
+        print(f"mrcnn-ref {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mrcnn-ref {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,99 @@
+"""Running a trained model: over a dataset (COCO-style evaluation files) or on one image file.
+
+``evaluate_model`` is what ``mrcnn-ref evaluate`` runs: it predicts on ``num_images`` images of a
+split and writes ``ground_truth.json`` (COCO instances), ``predictions.json`` (COCO results, RLE
+masks) and ``metrics.json`` (``{"bbox": {...}, "segm": {...}}`` from the project's own
+:func:`mrcnn_ref.evaluate.coco_evaluate`). Those files can be re-checked with pycocotools.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+from .backend import asnumpy, get_backend
+from .data.transforms import to_model_input
+from .evaluate import coco_evaluate, detections_to_coco_results, summarize, write_coco_results
+
+__all__ = ["evaluate_model", "predict_image", "read_image"]
+
+
+def _write_json(obj, path):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _predict_sample(model, image_uint8):
+    xp = get_backend()
+    x = xp.asarray(to_model_input(image_uint8))[None]
+    det = model.predict(x)
+    return {k: asnumpy(v) for k, v in det.items()}
+
+
+def evaluate_model(model, dataset, out_dir, num_images=None, label_to_cat_id=None, progress=True,
+                   log=print) -> dict:
+    """Predict on the first ``num_images`` images of ``dataset`` and score them the COCO way.
+
+    Returns ``{"bbox": metrics, "segm": metrics, "seconds_per_image": s}`` and writes the three
+    JSON files into ``out_dir``.
+    """
+    n = len(dataset) if num_images is None else int(num_images)
+    if n <= 0:
+        raise ValueError(f"evaluate: num_images must be > 0, got {num_images}")
+    if n > len(dataset):
+        raise ValueError(f"evaluate: asked for {n} images but the split has only {len(dataset)}")
+    os.makedirs(out_dir, exist_ok=True)
+    label_to_cat_id = label_to_cat_id or dict(dataset.label_to_cat_id)
+    indices = list(range(n))
+    gt = dataset.to_coco(indices)
+    results = []
+    it = indices
+    if progress:
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        it = tqdm(indices, desc="evaluate", unit="img", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for i in it:
+        sample = dataset[i]
+        det = _predict_sample(model, sample["image"])
+        results += detections_to_coco_results(sample["image_id"], det["boxes"], det["scores"],
+                                              det["labels"], det["masks"], category_ids=label_to_cat_id)
+    seconds = (time.perf_counter() - t0) / n
+    _write_json(gt, os.path.join(out_dir, "ground_truth.json"))
+    write_coco_results(results, os.path.join(out_dir, "predictions.json"))
+    metrics = {"bbox": coco_evaluate(gt, results, "bbox"), "segm": coco_evaluate(gt, results, "segm")}
+    _write_json(metrics, os.path.join(out_dir, "metrics.json"))
+    for kind in ("bbox", "segm"):
+        log(f"{kind}:\n{summarize(metrics[kind])}")
+    return {**metrics, "seconds_per_image": seconds}
+
+
+def read_image(path):
+    """An image file as (H, W, 3) uint8 (grey is repeated, alpha dropped)."""
+    from skimage import io  # noqa: PLC0415
+
+    if not os.path.isfile(path):
+        raise ValueError(f"image {path!r} does not exist")
+    try:
+        img = io.imread(path)
+    except Exception as e:  # noqa: BLE001 - any decoder error
+        raise ValueError(f"could not read image {path!r}: {e}") from None
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise ValueError(f"image {path!r} must be grey, RGB or RGBA, got shape {img.shape}")
+    img = img[:, :, :3]
+    if img.dtype != np.uint8:
+        img = np.clip(img / (img.max() or 1) * 255.0, 0, 255).astype(np.uint8)
+    return img
+
+
+def predict_image(model, image_uint8, score_thresh=0.5) -> dict:
+    """Detections (NumPy arrays) on one (H, W, 3) uint8 image, kept above ``score_thresh``."""
+    det = _predict_sample(model, image_uint8)
+    keep = det["scores"] >= score_thresh
+    return {k: v[keep] for k, v in det.items()}

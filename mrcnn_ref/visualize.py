@@ -1,0 +1,85 @@
+"""Pictures: detections (masks, boxes, labels, scores) drawn over an image."""
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import asnumpy
+
+__all__ = ["draw_detections", "save_detections", "overlay_masks", "PALETTE"]
+
+# distinct colours (RGB in [0, 1]) for instances
+PALETTE = np.array([
+    [0.90, 0.10, 0.10], [0.10, 0.60, 0.95], [0.15, 0.75, 0.25], [0.95, 0.70, 0.05],
+    [0.60, 0.20, 0.85], [0.05, 0.80, 0.80], [0.95, 0.40, 0.70], [0.55, 0.35, 0.15],
+])
+
+
+def overlay_masks(image, masks, alpha=0.45):
+    """Blend each boolean mask (N, H, W) into a copy of ``image`` (H, W, 3) in its own colour."""
+    img = np.asarray(asnumpy(image), dtype=np.float64)
+    if img.max() > 1.0:
+        img = img / 255.0
+    masks = np.asarray(asnumpy(masks), dtype=bool)
+    if masks.ndim != 3 or masks.shape[1:] != img.shape[:2]:
+        raise ValueError(f"overlay_masks: masks must have shape (N, {img.shape[0]}, {img.shape[1]}), "
+                         f"got {masks.shape}")
+    out = img.copy()
+    for i, m in enumerate(masks):
+        out[m] = (1 - alpha) * out[m] + alpha * PALETTE[i % len(PALETTE)]
+    return out
+
+
+def draw_detections(image, boxes, labels=None, scores=None, masks=None, class_names=None, ax=None,
+                    title=None):
+    """Draw detections on a matplotlib axis (a new figure when ``ax`` is None); returns the axis.
+
+    image (H, W, 3) uint8 or float; boxes (N, 4) xyxy; labels (N,) ints; scores (N,); masks
+    (N, H, W) bool; class_names: dict or list label -> name.
+    """
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib.patches import Rectangle  # noqa: PLC0415
+
+    boxes = np.asarray(asnumpy(boxes), dtype=np.float64).reshape(-1, 4)
+    n = len(boxes)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 5))
+    shown = overlay_masks(image, masks) if masks is not None and len(masks) else (
+        np.asarray(asnumpy(image)) / (255.0 if np.asarray(asnumpy(image)).max() > 1 else 1.0))
+    ax.imshow(shown)
+    for i in range(n):
+        x1, y1, x2, y2 = boxes[i]
+        color = PALETTE[i % len(PALETTE)]
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.5))
+        text = []
+        if labels is not None:
+            lab = int(asnumpy(labels)[i])
+            name = class_names[lab] if class_names is not None and (
+                (isinstance(class_names, dict) and lab in class_names) or
+                (not isinstance(class_names, dict) and 0 <= lab < len(class_names))) else str(lab)
+            text.append(name)
+        if scores is not None:
+            text.append(f"{float(asnumpy(scores)[i]):.2f}")
+        if text:
+            ax.text(x1, y1 - 1, " ".join(text), color="white", fontsize=7, va="bottom",
+                    bbox=dict(facecolor=color, alpha=0.8, pad=1, edgecolor="none"))
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def save_detections(path, image, det: dict, class_names=None, title=None):
+    """Write a PNG of ``image`` with the detections dict (boxes, labels, scores, masks)."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    h, w = np.asarray(asnumpy(image)).shape[:2]
+    fig, ax = plt.subplots(figsize=(max(4, w / 40), max(4, h / 40)))
+    draw_detections(image, det["boxes"], det.get("labels"), det.get("scores"), det.get("masks"),
+                    class_names=class_names, ax=ax, title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
