@@ -1,0 +1,173 @@
+"""Forward + backward timings: mrcnn_ref (NumPy) side by side with torch CPU (when installed).
+
+    python benchmarks/bench_layers.py [--repeats 10] [--threads 2]
+
+Cases (float32):
+  * conv3x3 64->64, batch 2, 64x64, padding 1 — target: NumPy within 2x of torch;
+  * the tiny ResNet-FPN backbone (resnet_fpn_tiny) on a 1x3x128x128 image.
+The median of ``--repeats`` runs after two warm-up runs is printed. NumPy's BLAS threads follow
+OMP_NUM_THREADS / OPENBLAS_NUM_THREADS; set them to the same value as ``--threads`` for a fair
+comparison (this script sets them before importing NumPy when they are unset).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+
+def _parse():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    return ap.parse_args()
+
+
+ARGS = _parse() if __name__ == "__main__" else None
+if ARGS is not None:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(ARGS.threads))
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from mrcnn_ref.model.backbone import resnet_fpn_tiny  # noqa: E402
+from mrcnn_ref.nn.layers import Conv2d  # noqa: E402
+
+
+def median_time(fn, repeats, warmup=2):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def numpy_conv(repeats):
+    rng = np.random.default_rng(0)
+    conv = Conv2d(64, 64, 3, padding=1, rng=rng)
+    x = rng.standard_normal((2, 64, 64, 64)).astype(np.float32)
+    dout = rng.standard_normal((2, 64, 64, 64)).astype(np.float32)
+
+    def step():
+        conv(x)
+        conv.backward(dout)
+        conv.zero_grad()
+
+    return median_time(step, repeats)
+
+
+def numpy_backbone(repeats):
+    rng = np.random.default_rng(0)
+    m = resnet_fpn_tiny(rng=rng)
+    x = rng.standard_normal((1, 3, 128, 128)).astype(np.float32)
+    douts = [np.ones_like(p) for p in m(x)]
+    m.zero_grad()
+
+    def step():
+        m(x)
+        m.backward(douts)
+        m.zero_grad()
+
+    return median_time(step, repeats)
+
+
+def torch_conv(torch, repeats):
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1)
+    x = torch.randn(2, 64, 64, 64, requires_grad=True)
+    dout = torch.randn(2, 64, 64, 64)
+
+    def step():
+        conv.zero_grad(set_to_none=True)
+        x.grad = None
+        conv(x).backward(dout)
+
+    return median_time(step, repeats)
+
+
+def torch_backbone(torch, repeats):
+    """The same tiny architecture built from torch.nn modules (GroupNorm, basic blocks, FPN)."""
+    nn, F = torch.nn, torch.nn.functional
+    from mrcnn_ref.model.backbone import TINY_CONFIG
+    from mrcnn_ref.nn.blocks import make_norm
+
+    cfg = TINY_CONFIG
+
+    def gn(c):
+        return nn.GroupNorm(make_norm("gn", c, cfg.gn_groups).num_groups, c)
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.branch = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), gn(cout), nn.ReLU(),
+                                        nn.Conv2d(cout, cout, 3, 1, 1, bias=False), gn(cout))
+            self.short = (nn.Identity() if stride == 1 and cin == cout else
+                          nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), gn(cout)))
+
+        def forward(self, x):
+            return F.relu(self.branch(x) + self.short(x))
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            c = cfg.stem_channels
+            self.stem = nn.Sequential(nn.Conv2d(3, c, 7, 2, 3, bias=False), gn(c), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+            stages, cin = [], c
+            for i, w in enumerate(cfg.widths):
+                stages.append(Block(cin, w, 1 if i == 0 else 2))
+                cin = w
+            self.stages = nn.ModuleList(stages)
+            self.lat = nn.ModuleList([nn.Conv2d(w, cfg.fpn_channels, 1) for w in cfg.widths])
+            self.out = nn.ModuleList([nn.Conv2d(cfg.fpn_channels, cfg.fpn_channels, 3, 1, 1) for _ in cfg.widths])
+
+        def forward(self, x):
+            x = self.stem(x)
+            cs = []
+            for s in self.stages:
+                x = s(x)
+                cs.append(x)
+            inner = self.lat[3](cs[3])
+            outs = [self.out[3](inner)]
+            for i in (2, 1, 0):
+                lat = self.lat[i](cs[i])
+                inner = lat + F.interpolate(inner, size=lat.shape[-2:], mode="nearest")
+                outs.insert(0, self.out[i](inner))
+            return outs + [F.max_pool2d(outs[-1], 1, 2)]
+
+    m = Tiny()
+    x = torch.randn(1, 3, 128, 128)
+
+    def step():
+        m.zero_grad(set_to_none=True)
+        sum(p.sum() for p in m(x)).backward()
+
+    return median_time(step, repeats)
+
+
+def main(args):
+    try:
+        import torch
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        torch = None
+    rows = [("conv3x3 64->64, 2x64x64x64 (fwd+bwd)", numpy_conv, torch_conv),
+            ("tiny ResNet-FPN, 1x3x128x128 (fwd+bwd)", numpy_backbone, torch_backbone)]
+    print(f"threads={args.threads}  repeats={args.repeats}  (median seconds after warm-up)")
+    print(f"{'case':42s} {'numpy':>10s} {'torch':>10s} {'numpy/torch':>12s}")
+    for name, fnp, ftorch in rows:
+        t_np = fnp(args.repeats)
+        if torch is None:
+            print(f"{name:42s} {t_np * 1e3:8.1f}ms {'n/a':>10s} {'n/a':>12s}")
+            continue
+        t_t = ftorch(torch, args.repeats)
+        print(f"{name:42s} {t_np * 1e3:8.1f}ms {t_t * 1e3:8.1f}ms {t_np / t_t:11.2f}x")
+    print("target: conv3x3 numpy/torch <= 2x")
+
+
+if __name__ == "__main__":
+    main(ARGS)
