@@ -298,7 +298,7 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
             raise ValueError(f"train --resume: no checkpoint_*.npz in {out_dir!r} to resume from")
         ck = load_checkpoint(path, expected=model.named_parameters())
         saved = ck["config"] or {}
-        if saved.get("model") != rcfg.model.to_dict():
+        if saved.get("model") != json.loads(json.dumps(rcfg.model.to_dict())):
             raise ValueError(f"train --resume: {path} was written with a different model config; "
                              "resume with the same --config")
         if (ck["extra"] or {}).get("seed") != seed:

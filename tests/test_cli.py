@@ -1,0 +1,71 @@
+"""The command line: train -> evaluate -> predict on the tiny config, and clear errors."""
+import json
+
+import numpy as np
+import pytest
+
+from mrcnn_ref.cli import main
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("train", "evaluate", "predict"):
+        assert cmd in out
+
+
+def test_train_evaluate_predict_roundtrip(tmp_path, capsys):
+    from skimage import io
+
+    from mrcnn_ref.data.shapes import ShapesDataset
+
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({"preset": "tiny", "train": {"iterations": 4, "checkpoint_every": 2}}))
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(run), "--no-progress"]) == 0
+    assert (run / "model.npz").is_file() and (run / "loss_curves.png").is_file()
+
+    ev = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", str(run / "model.npz"), "--split", "val",
+                 "--num-images", "3", "--out", str(ev), "--no-progress"]) == 0
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert set(metrics) == {"bbox", "segm"}
+    for kind in metrics:
+        assert {"AP", "AP50", "AP75"} <= set(metrics[kind])
+    gt = json.loads((ev / "ground_truth.json").read_text())
+    assert len(gt["images"]) == 3
+    preds = json.loads((ev / "predictions.json").read_text())
+    assert all({"image_id", "category_id", "bbox", "score", "segmentation"} <= set(p) for p in preds)
+
+    img = tmp_path / "img.png"
+    io.imsave(img, ShapesDataset("val", num_images=1, image_size=64)[0]["image"], check_contrast=False)
+    out_png = tmp_path / "pred.png"
+    assert main(["predict", str(img), "--checkpoint", str(run / "model.npz"), "--out", str(out_png),
+                 "--score-thresh", "0"]) == 0
+    assert out_png.is_file() and out_png.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--config", "no_such_config", "--out", "{tmp}/r"], "neither a built-in"),
+    (["evaluate", "--checkpoint", "{tmp}/missing.npz", "--out", "{tmp}/e"], "does not exist"),
+    (["predict", "{tmp}/missing.png", "--checkpoint", "{tmp}/m.npz", "--out", "{tmp}/p.png"], "does not exist"),
+])
+def test_user_errors_are_one_line_exit_2(tmp_path, capsys, argv, needle):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_visualize_overlay_checks_shapes():
+    from mrcnn_ref.visualize import overlay_masks
+
+    img = np.zeros((8, 8, 3), np.uint8)
+    masks = np.zeros((1, 8, 8), bool)
+    masks[0, 2:4, 2:4] = True
+    out = overlay_masks(img, masks)
+    assert out[3, 3].sum() > 0 and out[0, 0].sum() == 0
+    with pytest.raises(ValueError, match="masks must have shape"):
+        overlay_masks(img, np.zeros((1, 4, 4), bool))

@@ -1,0 +1,130 @@
+"""Training loop: files written, reproducible resume, NaN guard, configs, COCO data with empty images."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from mrcnn_ref.nn.checkpoint import load_checkpoint
+from mrcnn_ref.train import TrainingDiverged, load_model, load_run_config, train
+
+TINY = {"preset": "tiny", "train": {"iterations": 8, "checkpoint_every": 4, "num_train_images": 8}}
+
+
+def _quiet(*a, **k):
+    pass
+
+
+def test_tiny_run_writes_everything(tmp_path):
+    out = tmp_path / "run"
+    h = train(TINY, str(out), seed=1, progress=False, log=_quiet)
+    assert len(h["total"]) == 8 and np.all(np.isfinite(h["total"]))
+    for name in ("model.npz", "checkpoint_000004.npz", "checkpoint_000008.npz", "config.json",
+                 "history.json", "loss_curves.png"):
+        assert (out / name).is_file(), name
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["seed"] == 1 and cfg["train"]["iterations"] == 8
+    model, rcfg, extra = load_model(str(out / "model.npz"))
+    assert extra["iteration"] == 8
+    assert [c["name"] for c in extra["categories"]] == ["square", "circle", "triangle"]
+    ck = load_checkpoint(str(out / "model.npz"))
+    for k, v in model.named_parameters().items():
+        np.testing.assert_array_equal(np.asarray(v), ck["params"][k])
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    full = tmp_path / "full"
+    h_full = train(TINY, str(full), seed=3, progress=False, log=_quiet)
+    # simulate a run killed after iteration 4: only the first periodic checkpoint survives
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    for name in ("checkpoint_000008.npz", "model.npz"):
+        os.remove(part / name)
+    h_res = train(TINY, str(part), seed=3, resume=True, progress=False, log=_quiet)
+    for k in ("total", "loss_classifier", "loss_mask", "lr"):
+        np.testing.assert_allclose(h_res[k], h_full[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    a = load_checkpoint(str(full / "model.npz"))["params"]
+    b = load_checkpoint(str(part / "model.npz"))["params"]
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_resume_refuses_other_seed_and_missing_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="no checkpoint"):
+        train(TINY, str(out), seed=0, resume=True, progress=False, log=_quiet)
+    train({**TINY, "train": {**TINY["train"], "iterations": 4}}, str(out), seed=0, progress=False)
+    with pytest.raises(ValueError, match="seed"):
+        train({**TINY, "train": {**TINY["train"], "iterations": 4}}, str(out), seed=5, resume=True,
+              progress=False, log=_quiet)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from mrcnn_ref.model import mask_rcnn
+
+    original = mask_rcnn.MaskRCNN.forward_train
+    calls = {"n": 0}
+
+    def poisoned(self, *a, **k):
+        losses, total = original(self, *a, **k)
+        calls["n"] += 1
+        return (losses, float("nan")) if calls["n"] == 6 else (losses, total)
+
+    monkeypatch.setattr(mask_rcnn.MaskRCNN, "forward_train", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="iteration 5.*checkpoint_000004"):
+        train(TINY, str(out), seed=0, progress=False, log=_quiet)
+    ck = load_checkpoint(str(out / "checkpoint_000004.npz"))
+    assert ck["extra"]["iteration"] == 4
+    assert all(np.isfinite(v).all() for v in ck["params"].values())
+    assert not (out / "model.npz").exists()
+    assert len(json.loads((out / "history.json").read_text())["total"]) == 5
+
+
+def test_run_config_files_and_errors(tmp_path):
+    p = tmp_path / "cfg.json"
+    p.write_text(json.dumps({"preset": "tiny", "train": {"iterations": 3}, "model": {"mask_loss": "softmax"}}))
+    rc = load_run_config(str(p))
+    assert rc.train.iterations == 3 and rc.model.mask_loss == "softmax" and rc.model.num_classes == 4
+    assert load_run_config("shapes").model.name == "shapes"
+    p.write_text(json.dumps({"train": {"iterashuns": 3}}))
+    with pytest.raises(ValueError, match="iterashuns"):
+        load_run_config(str(p))
+    p.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_run_config(str(p))
+    with pytest.raises(ValueError, match="neither a built-in"):
+        load_run_config(str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match="base_lr"):
+        load_run_config({"preset": "tiny", "train": {"base_lr": -1.0}})
+
+
+def test_num_classes_mismatch_is_explained(tmp_path):
+    cfg = {"model": {"preset": "tiny"}, "train": {"iterations": 1, "image_size": 64}}  # tiny has 3 classes
+    with pytest.raises(ValueError, match="num_classes = 4"):
+        train(cfg, str(tmp_path / "r"), progress=False, log=_quiet)
+
+
+def test_coco_dataset_with_an_empty_image_trains(tmp_path):
+    from skimage import io
+
+    from mrcnn_ref.data.rle import rle_encode
+    from mrcnn_ref.data.shapes import ShapesDataset
+
+    ds = ShapesDataset("train", num_images=2, image_size=64)
+    coco = ds.to_coco()
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    for info, i in zip(coco["images"], range(2)):
+        io.imsave(img_dir / info["file_name"], ds[i]["image"], check_contrast=False)
+    # a third image with no annotations at all
+    coco["images"].append({"id": 99, "file_name": "empty.png", "height": 64, "width": 64})
+    io.imsave(img_dir / "empty.png", np.full((64, 64, 3), 128, np.uint8), check_contrast=False)
+    ann = tmp_path / "instances.json"
+    ann.write_text(json.dumps(coco))
+    assert rle_encode  # the loader decodes the RLE segmentations written by to_coco
+    cfg = {"preset": "tiny", "train": {"dataset": "coco", "coco_annotations": str(ann),
+                                       "coco_images": str(img_dir), "iterations": 6, "hflip": False}}
+    h = train(cfg, str(tmp_path / "run"), seed=0, progress=False, log=_quiet)
+    assert len(h["total"]) == 6 and np.all(np.isfinite(h["total"]))
