@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..backend import get_array_module
 from ..nn.blocks import BasicBlock, Bottleneck, make_norm
 from ..nn.init import as_generator
 from ..nn.layers import Conv2d, MaxPool2d, ReLU
@@ -130,7 +131,6 @@ class ResNet(Module):
         if len(grads) != 4:
             raise ValueError(f"{self.describe()}: backward expects 4 gradients [dC2..dC5], got {len(grads)}")
         meta = self._pop()
-        from ..backend import get_array_module
         xp = get_array_module(*grads)
         d = None
         for stage, g, (shape, dtype) in reversed(list(zip(self.stages(), grads, meta))):
