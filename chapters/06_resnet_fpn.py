@@ -98,6 +98,8 @@ print(inspect.getsource(ResNetFPN.backward))
 
 # %%
 print(inspect.getsource(resnet_fpn_tiny))
+print("tiny:     ", backbone_mod.TINY_CONFIG)
+print("ResNet-50:", backbone_mod.RESNET50_CONFIG)
 model = resnet_fpn_tiny(rng=np.random.default_rng(0))
 print(f"tiny ResNet-FPN: {model.num_parameters():,} parameters")
 

@@ -18,6 +18,8 @@ Conventions
   reverse order of the forward calls. Gradients of the shared parameters add up.
 * :meth:`zero_grad` sets every gradient to 0 and clears every cache stack (call it once per
   training iteration).
+* Share a module by *calling* it several times, not by assigning the same object to two
+  attributes (that would list its parameters twice and the optimizer would update them twice).
 * A module with ``requires_grad = False`` (see :meth:`freeze`) still back-propagates ``dx`` but
   leaves its parameter gradients at zero.
 """
