@@ -5,6 +5,7 @@ import pytest
 from hypothesis import assume, given, strategies as st
 
 from mrcnn_ref.gradcheck import check_op_gradients
+from mrcnn_ref.ops import conv as conv_module
 from mrcnn_ref.ops.conv import (conv2d_backward, conv2d_forward, conv2d_output_size,
                                 conv_transpose2d_backward, conv_transpose2d_forward, im2col)
 
@@ -123,6 +124,40 @@ def test_conv_transpose_is_conv_input_gradient(case):
     assert fwd.shape == x.shape
     dx, _, _ = conv2d_backward(x, cache)
     np.testing.assert_allclose(out, dx, rtol=0, atol=1e-12)
+
+
+@given(conv_cases())
+def test_dx_methods_agree(case):
+    """dilate + flipped-kernel convolution and col2im are two spellings of the same gradient."""
+    x, w, b = _arrays(case)
+    out, _ = conv2d_forward(x, w, b, case["s"], case["p"])
+    dout = np.random.default_rng(case["seed"] + 1).standard_normal(out.shape)
+    args = (dout, w, case["hw"], case["s"], case["p"])
+    a = conv_module._input_grad_transposed(*args)
+    c = conv_module._input_grad_col2im(*args)
+    np.testing.assert_allclose(a, c, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(a, conv_module._input_grad(*args), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["transposed", "col2im"])
+def test_each_dx_method_gradchecks(method, monkeypatch):
+    monkeypatch.setattr(conv_module, "DX_METHOD", method)
+    rng = np.random.default_rng(7)
+    for stride, padding, shape in [(1, 1, (2, 3, 5, 6)), (2, 1, (1, 3, 7, 6)), ((3, 2), (0, 2), (2, 3, 8, 5))]:
+        x, w = rng.standard_normal(shape), rng.standard_normal((2, 3, 3, 2))
+        errs = check_op_gradients(conv2d_forward, conv2d_backward, [x, w, None, stride, padding], wrt=(0,))
+        assert errs[0] <= 1e-6, (method, stride, padding, errs)
+        xt, wt = rng.standard_normal((1, 3, 3, 4)), rng.standard_normal((3, 2, 3, 3))
+        errs = check_op_gradients(conv_transpose2d_forward, conv_transpose2d_backward,
+                                  [xt, wt, None, stride, padding], wrt=(0, 1))
+        assert max(errs.values()) <= 1e-6, (method, stride, padding, errs)
+
+
+def test_bad_dx_method(monkeypatch):
+    monkeypatch.setattr(conv_module, "DX_METHOD", "scatter")
+    out, cache = conv2d_forward(np.zeros((1, 1, 3, 3)), np.zeros((1, 1, 2, 2)))
+    with pytest.raises(ValueError, match="DX_METHOD"):
+        conv2d_backward(out, cache)
 
 
 def test_float32_preserved():

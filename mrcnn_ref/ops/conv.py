@@ -28,6 +28,12 @@ matrix contiguous is the one copy im2col costs, after which BLAS does all the ar
   padding the dilated gradient by that many extra rows/cols at the bottom/right. No scatter is
   needed: it is im2col + one matrix product again.
 
+  With a stride s > 1 the dilated gradient is mostly zeros (s*s times more work), and with
+  Cout > Cin its column matrix is larger than the forward one. Then the equivalent *col2im* form
+  is cheaper: ``dcols = w2d.T @ dout2d`` and each column is added back into its window (a loop
+  over the kh*kw kernel offsets, each a vectorised strided add). ``DX_METHOD`` chooses; "auto"
+  picks the smaller temporary.
+
 **Transposed convolution** (``conv_transpose2d``) *is* that input-gradient computation, used as a
 forward op: it maps ``(N, Cin, H, W)`` to ``(N, Cout, (H-1)*s - 2p + kh + output_padding, ...)``
 with a weight ``(Cin, Cout, kh, kw)`` (PyTorch's layout). Its backward is therefore the forward
@@ -109,12 +115,10 @@ def _correlate(xpad, w2d, kh, kw, sh, sw):
     return get_array_module(xpad).ascontiguousarray(out), cols
 
 
-def _input_grad(dout, w, in_hw, stride, padding):
-    """Gradient of ``conv2d(x, w, stride, padding)`` w.r.t. ``x (.., H, W) = in_hw``, given ``dout``.
-
-    Dilate ``dout`` by the stride, pad it by ``k - 1 - p`` (plus the leftover rows/cols at the
-    bottom/right), correlate with the 180°-rotated kernel whose in/out channels are swapped.
-    """
+def _input_grad_transposed(dout, w, in_hw, stride, padding):
+    """``dx`` as a convolution: dilate ``dout`` by the stride, pad it by ``k - 1 - p`` (plus the
+    leftover rows/cols at the bottom/right), correlate with the 180°-rotated kernel whose in/out
+    channels are swapped. im2col + one matrix product."""
     cout, cin, kh, kw = w.shape
     sh, sw = stride
     ph, pw = padding
@@ -128,6 +132,57 @@ def _input_grad(dout, w, in_hw, stride, padding):
     w2d = get_array_module(w).ascontiguousarray(w_rot).reshape(cin, cout * kh * kw)
     dx, _ = _correlate(dpad, w2d, kh, kw, 1, 1)
     return dx
+
+
+def _input_grad_col2im(dout, w, in_hw, stride, padding):
+    """``dx`` the other way round: ``dcols = w2d.T @ dout2d`` (one matrix product), then add every
+    column back into the window it was read from (*col2im*). The fold loops over the ``kh*kw``
+    kernel offsets only; each step is one strided, vectorised add over all images, channels and
+    output pixels (windows of the same offset never overlap, so no scatter is needed)."""
+    xp = get_array_module(dout)
+    cout, cin, kh, kw = w.shape
+    sh, sw = stride
+    ph, pw = padding
+    h, wd = in_hw
+    n, _, ho, wo = dout.shape
+    dout2d = xp.ascontiguousarray(dout.transpose(1, 0, 2, 3)).reshape(cout, n * ho * wo)
+    dcols = (w.reshape(cout, cin * kh * kw).T @ dout2d).reshape(cin, kh, kw, n, ho, wo)
+    dxpad = xp.zeros((cin, n, h + 2 * ph, wd + 2 * pw), dtype=dout.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            dxpad[:, :, u:u + (ho - 1) * sh + 1:sh, v:v + (wo - 1) * sw + 1:sw] += dcols[:, u, v]
+    dx = dxpad[:, :, ph:ph + h, pw:pw + wd].transpose(1, 0, 2, 3)
+    return xp.ascontiguousarray(dx)
+
+
+#: How :func:`conv2d_backward` (and so :func:`conv_transpose2d_forward`) computes ``dx``:
+#: ``"transposed"`` (dilate + flipped-kernel convolution), ``"col2im"``, or ``"auto"``: the
+#: transposed convolution unless col2im needs a smaller temporary matrix — which is the case
+#: for every stride > 1 (the dilated gradient is mostly zeros: s*s times more work) and when
+#: Cout > Cin. Both give the same numbers (tested against each other and against PyTorch).
+DX_METHOD = "auto"
+
+
+def _input_grad(dout, w, in_hw, stride, padding):
+    """Gradient of ``conv2d(x, w, stride, padding)`` w.r.t. ``x (N, Cin, H, W)``, given ``dout``.
+
+    Dispatches on :data:`DX_METHOD` to :func:`_input_grad_transposed` or
+    :func:`_input_grad_col2im`.
+    """
+    method = DX_METHOD
+    if method == "auto":
+        cout, cin, kh, kw = w.shape
+        h, wd = in_hw
+        ph, pw = padding
+        # elements of the column matrix each method builds (both multiply it with a weight matrix)
+        transposed = cout * kh * kw * h * wd
+        col2im = cin * kh * kw * dout.shape[2] * dout.shape[3]
+        method = "col2im" if col2im < transposed else "transposed"
+    if method == "transposed":
+        return _input_grad_transposed(dout, w, in_hw, stride, padding)
+    if method == "col2im":
+        return _input_grad_col2im(dout, w, in_hw, stride, padding)
+    raise ValueError(f"conv2d_backward: DX_METHOD must be 'auto', 'transposed' or 'col2im', got {method!r}")
 
 
 def _weight_grad(dout, cols, kh, kw, cin):
