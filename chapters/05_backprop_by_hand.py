@@ -207,9 +207,22 @@ print(f"\n{x_big.shape} * {w_big.shape}: loops {t_loop * 1e3:.1f} ms, im2col {t_
 
 # %%
 print(inspect.getsource(conv._pad_crop))
-print(inspect.getsource(conv._input_grad))
+print(inspect.getsource(conv._input_grad_transposed))
 print(inspect.getsource(conv._weight_grad))
 print(inspect.getsource(conv2d_backward))
+
+# %% [markdown]
+# **A practical twist.** With stride $s > 1$ the dilated gradient is mostly zeros, so the
+# transposed-convolution form does $s^2$ times more arithmetic than necessary, and its column
+# matrix has $C_{out}k_hk_w$ rows instead of $C_{in}k_hk_w$. For those layers the library uses the
+# equivalent *col2im* form — $\partial L/\partial\,\mathrm{cols} = W^	op\mathrm{dout}$, then each
+# column is added back into its window, one vectorised strided add per kernel offset — and
+# `conv.DX_METHOD = "auto"` picks whichever builds the smaller temporary matrix. Both are the
+# same numbers (the tests compare them), and both are checked below against the scatter loops.
+
+# %%
+print(inspect.getsource(conv._input_grad_col2im))
+print(inspect.getsource(conv._input_grad))
 
 # %% [markdown]
 # An independent check of `dx`: the *scatter* formulation written as loops — every output pixel
@@ -234,7 +247,11 @@ w = rng.standard_normal((1, 1, 3, 3))
 out, cache = conv2d_forward(x, w, None, stride=2, padding=1)
 dout = rng.standard_normal(out.shape)
 dx, dw, _ = conv2d_backward(dout, cache)
-print("max |dx - naive scatter| =", np.abs(dx - naive_conv2d_input_grad(dout, w, x.shape, 2, 1)).max())
+dx_naive = naive_conv2d_input_grad(dout, w, x.shape, 2, 1)
+dx_transposed = conv._input_grad_transposed(dout, w, x.shape[2:], (2, 2), (1, 1))
+dx_col2im = conv._input_grad_col2im(dout, w, x.shape[2:], (2, 2), (1, 1))
+dx_err = max(np.abs(d - dx_naive).max() for d in (dx, dx_transposed, dx_col2im))
+print("max |dx - naive scatter| over conv2d_backward, transposed form, col2im form =", dx_err)
 
 k, s, p = 3, 2, 1
 rh = x.shape[2] + 2 * p - k - (dout.shape[2] - 1) * s          # leftover rows (1) and cols (0)
@@ -492,16 +509,17 @@ worst = max(err for _, _, err in rows)
 assert worst <= 1e-6, f"a gradient check failed: worst relative error {worst:.2e}"
 assert identity_err <= 1e-12, identity_err
 assert np.abs(fast - ref).max() <= 1e-9
+assert dx_err <= 1e-12, dx_err
 assert max(gn_spread) <= 1e-12 and bn_spread[0] > 0.05, (gn_spread, bn_spread)
 print(f"all {len(rows)} gradient checks pass (worst {worst:.1e}); conv_transpose2d == conv2d input gradient")
 
 # %% [markdown]
 # ## Exercises
 #
-# 1. **col2im.** Implement the input gradient the other way: `dcols = w2d.T @ dout2d`, then
-#    scatter-add each column back into its window with `mrcnn_ref.backend.scatter_add`. Check it
-#    against `conv2d_backward` and time both for a $3\times3$, 64-channel layer. Which is faster
-#    at stride 1? At stride 2 (where the dilated gradient is 3/4 zeros)?
+# 1. **Two ways to `dx`.** Set `conv.DX_METHOD` to `"transposed"` and to `"col2im"` and time
+#    `conv2d_backward` for a $3\times3$, 64-channel layer at stride 1 and at stride 2, and for
+#    $C_{in} = 16, C_{out} = 64$. How large is each method's temporary column matrix? Does the
+#    `"auto"` rule pick the faster one?
 # 2. **Dilated convolution.** Add a `dilation` argument to `conv2d_forward` (hint: the windows of
 #    a dilated kernel are a strided slice of a larger `sliding_window_view`). What does its input
 #    gradient become?
