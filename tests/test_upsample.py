@@ -58,6 +58,18 @@ def test_matches_torch(h, w, s, h2, w2, use_size, seed):
     np.testing.assert_allclose(upsample_nearest2d_backward(dout, cache), tx.grad.numpy(), rtol=0, atol=1e-10)
 
 
+def test_integer_ratio_size_uses_blocks_and_equals_gather():
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5))
+    out, cache = upsample_nearest2d_forward(x, size=(8, 15))
+    assert cache[0] == "blocks" and cache[2] == (2, 3)
+    np.testing.assert_array_equal(out, x[:, :, np.arange(8)[:, None] // 2, np.arange(15)[None, :] // 3])
+    dout = np.random.default_rng(1).standard_normal(out.shape)
+    dx = upsample_nearest2d_backward(dout, cache)
+    _, gather_cache = upsample_nearest2d_forward(x, size=(7, 15))       # not a multiple: gather path
+    assert gather_cache[0] == "gather"
+    np.testing.assert_allclose(dx, dout.reshape(2, 3, 4, 2, 5, 3).sum(axis=(3, 5)), rtol=0, atol=1e-14)
+
+
 def test_source_index_matches_torch_exhaustively():
     torch = pytest.importorskip("torch")
     for n_in in range(1, 40):

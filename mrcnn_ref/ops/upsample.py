@@ -10,7 +10,8 @@ With an explicit output ``size=(H2, W2)`` (needed when FPN levels are not exactl
 odd sizes), output row ``i`` reads input row ``floor(i * H / H2)`` — PyTorch's ``'nearest'`` rule,
 computed like PyTorch in float32 (``scale = float32(H) / float32(H2)``), clamped to ``H - 1``.
 Several output pixels may read the same input pixel, so the backward is a scatter-add
-(``np.bincount`` on flat indices).
+(``np.bincount`` on flat indices). When ``size`` is an exact integer multiple of the input size
+the rule reduces to blocks again and the fast reshape-and-sum path is used.
 """
 from __future__ import annotations
 
@@ -43,21 +44,33 @@ def upsample_nearest2d_forward(x, scale_factor=2, size=None):
     n, c, h, w = x.shape
     if size is None:
         s = check_positive_int(scale_factor, "scale_factor", where)
-        out = xp.broadcast_to(x[:, :, :, None, :, None], (n, c, h, s, w, s)).reshape(n, c, h * s, w * s)
-        return out, ("scale", x.shape, s)
+        return _blocks(x, s, s), ("blocks", x.shape, (s, s))
     h2, w2 = pair(size, "size", where)
     ih = nearest_source_index(h, h2, xp)
     iw = nearest_source_index(w, w2, xp)
+    if h2 % h == 0 and w2 % w == 0:
+        # an integer ratio (the usual FPN case): every pixel becomes an sh x sw block, when the
+        # indices say so (they do; checked rather than assumed, it costs O(H2 + W2))
+        sh, sw = h2 // h, w2 // w
+        if bool((ih == xp.arange(h2) // sh).all()) and bool((iw == xp.arange(w2) // sw).all()):
+            return _blocks(x, sh, sw), ("blocks", x.shape, (sh, sw))
     out = x[:, :, ih[:, None], iw[None, :]]
-    return out, ("size", x.shape, (ih, iw))
+    return out, ("gather", x.shape, (ih, iw))
+
+
+def _blocks(x, sh, sw):
+    """Repeat every pixel of ``x (N, C, H, W)`` into an ``sh x sw`` block (one broadcast copy)."""
+    n, c, h, w = x.shape
+    return get_array_module(x).broadcast_to(x[:, :, :, None, :, None], (n, c, h, sh, w, sw)).reshape(
+        n, c, h * sh, w * sw)
 
 
 def upsample_nearest2d_backward(dout, cache):
     """``dx (N, C, H, W)``: the upstream gradient summed over the output pixels that read each input."""
     kind, (n, c, h, w), extra = cache
-    if kind == "scale":
-        s = extra
-        return dout.reshape(n, c, h, s, w, s).sum(axis=(3, 5))
+    if kind == "blocks":
+        sh, sw = extra
+        return dout.reshape(n, c, h, sh, w, sw).sum(axis=(3, 5))
     ih, iw = extra
     xp = get_array_module(dout)
     within = (ih[:, None] * w + iw[None, :])                        # (H2, W2) into one image
