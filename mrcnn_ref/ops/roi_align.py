@@ -1,0 +1,505 @@
+"""RoIAlign (average and max) forward/backward, with torchvision's semantics.
+
+RoIAlign (Mask R-CNN, He et al. 2017) reads a fixed-size ``PH × PW`` feature grid for each region
+of interest (RoI) *without rounding any coordinate*: the RoI is split into ``PH × PW`` bins, each bin
+gets a regular grid of sample points, every sample is read from the feature map by **bilinear
+interpolation** of its 4 neighbouring pixels, and the samples of a bin are averaged (the paper notes
+max works about as well; :func:`roi_align_max` gives that variant).
+
+Semantics (the same numbers as ``torchvision.ops.roi_align``), per RoI and per axis (shown for y)::
+
+    offset = 0.5 if aligned else 0
+    start  = y1 * spatial_scale - offset          # no rounding
+    size   = y2 * spatial_scale - offset - start   # if not aligned: size = max(size, 1)
+    bin    = size / PH
+    grid   = sampling_ratio if sampling_ratio > 0 else ceil(size / PH)   # samples per bin
+    y(p, i) = start + p * bin + (i + 0.5) * bin / grid          i = 0 .. grid-1
+
+A sample with ``y < -1`` or ``y > H`` lies outside the map: it reads 0 but still counts in the
+average. Otherwise ``y`` is clamped to ``>= 0``, ``y_low = floor(y)``, ``y_high = y_low + 1``; at the
+last row (``y_low >= H - 1``) both neighbours are row ``H - 1`` and ``y = H - 1``. With
+``ly = y - y_low`` the row weights are ``(1 - ly, ly)``. The bin value is
+``sum over samples / max(grid_h * grid_w, 1)``.
+
+Why it is fast in NumPy — separability
+--------------------------------------
+The weight of pixel ``(h, w)`` in output ``(p, q)`` is a product ``Ay[p, h] * Ax[q, w]``: bilinear
+weights factorise into a row part and a column part, and so does the validity of a sample
+(inside iff inside along y *and* along x). Averaging over the ``grid_h × grid_w`` samples of a bin
+therefore also factorises, and for RoI ``k`` reading image ``b``::
+
+    out[k, c] = Ay[k] @ F[b, c] @ Ax[k].T        Ay[k]: (PH, H),  Ax[k]: (PW, W)
+
+where ``Ay[k][p]`` holds the row weights averaged over the bin's ``grid_h`` samples (divided by
+``grid_h``), likewise ``Ax``. The backward pass is the transpose, ``dF[b, c] += Ay[k].T @ dout[k, c]
+@ Ax[k]``. Each RoI only touches a window of rows/columns, so ``Ay``/``Ax`` are stored in *window*
+coordinates (rows ``y0[k] .. y0[k] + Sh``) and only that window of the map is gathered: two small
+matrix products per RoI, batched over RoIs, no Python loop over RoIs, channels or pixels.
+
+RoIAlign-max applies the same machinery with one matrix row per *sample* (not per bin): the
+products give every sample's bilinear value, and the max is taken over the samples of each bin.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._checks import check_array, pair
+from ..backend import get_array_module, scatter_add
+
+__all__ = [
+    "roi_align", "roi_align_forward", "roi_align_backward",
+    "roi_align_max", "roi_align_max_forward", "roi_align_max_backward",
+    "bilinear_sample", "convert_boxes_to_rois", "axis_sample_points",
+]
+
+# Upper bound on the number of elements of the largest temporary (gathered windows) per chunk.
+_CHUNK_ELEMS = 1 << 23
+
+
+# ----------------------------------------------------------------------------------------------
+# input validation shared by all RoI ops (roi_pool / roi_warp import these)
+# ----------------------------------------------------------------------------------------------
+def convert_boxes_to_rois(boxes, where: str = "convert_boxes_to_rois", xp=None, dtype=None):
+    """``boxes`` as a (K, 5) array ``[batch_index, x1, y1, x2, y2]``.
+
+    Accepts a (K, 5) array or, like torchvision, a list of per-image (K_i, 4) arrays (the list
+    position is the batch index).
+    """
+    if isinstance(boxes, (list, tuple)):
+        parts = []
+        for i, b in enumerate(boxes):
+            check_array(b, f"boxes[{i}]", where, shape=(None, 4), floating=True)
+            xp_ = get_array_module(b) if xp is None else xp
+            idx = xp_.full((b.shape[0], 1), i, dtype=b.dtype)
+            parts.append(xp_.concatenate([idx, b], axis=1))
+        if not parts:
+            xp_ = np if xp is None else xp
+            return xp_.zeros((0, 5), dtype=dtype or np.float64)
+        xp_ = get_array_module(*boxes) if xp is None else xp
+        rois = xp_.concatenate([p.astype(parts[0].dtype, copy=False) for p in parts], axis=0)
+    else:
+        if not hasattr(boxes, "shape"):
+            raise TypeError(f"{where}: boxes must be a (K, 5) array [batch_index, x1, y1, x2, y2] or a "
+                            f"list of (K_i, 4) arrays, got {type(boxes).__name__}")
+        check_array(boxes, "boxes", where, shape=(None, 5), floating=True)
+        rois = boxes
+    return rois if dtype is None else rois.astype(dtype, copy=False)
+
+
+def _check_roi_args(input, boxes, output_size, spatial_scale, where):
+    """Validate the common arguments; return ``(xp, rois (K, 5) in input dtype, (PH, PW), scale)``."""
+    check_array(input, "input", where, ndim=4, floating=True)
+    xp = get_array_module(input)
+    rois = convert_boxes_to_rois(boxes, where, xp=xp, dtype=input.dtype)
+    if get_array_module(rois) is not xp:
+        raise TypeError(f"{where}: boxes and input must live on the same device (numpy vs cupy)")
+    check_array(rois, "boxes", where, finite=True)
+    ph, pw = pair(output_size, "output_size", where)
+    if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{where}: spatial_scale must be a number, got {type(spatial_scale).__name__}")
+    spatial_scale = float(spatial_scale)
+    if not (math.isfinite(spatial_scale) and spatial_scale > 0):
+        raise ValueError(f"{where}: spatial_scale must be a finite number > 0, got {spatial_scale}")
+    if rois.shape[0]:
+        bidx = rois[:, 0]
+        if not bool(xp.all(bidx == xp.floor(bidx))):
+            raise ValueError(f"{where}: boxes[:, 0] (batch index) must hold integral values")
+        lo, hi = float(bidx.min()), float(bidx.max())
+        if lo < 0 or hi >= input.shape[0]:
+            raise ValueError(f"{where}: boxes[:, 0] (batch index) must lie in [0, {input.shape[0] - 1}] "
+                             f"for an input of batch size {input.shape[0]}, got values in [{lo:g}, {hi:g}]")
+    return xp, rois, (ph, pw), spatial_scale
+
+
+def _check_sampling(sampling_ratio, aligned, where):
+    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, (int, np.integer)):
+        raise TypeError(f"{where}: sampling_ratio must be an int (<= 0 means adaptive), got "
+                        f"{type(sampling_ratio).__name__}")
+    if not isinstance(aligned, (bool, np.bool_)):
+        raise TypeError(f"{where}: aligned must be a bool, got {type(aligned).__name__}")
+    return int(sampling_ratio), bool(aligned)
+
+
+# ----------------------------------------------------------------------------------------------
+# sample points and separable weight matrices
+# ----------------------------------------------------------------------------------------------
+def axis_sample_points(start, size, n_bins: int, sampling_ratio: int, xp=np):
+    """Sample coordinates along one axis.
+
+    start, size: (K,) RoI start and extent (already scaled, offset, and size-clamped).
+    Returns ``(coords (K, n_bins, G), grid (K,) int)``: ``coords[k, p, i]`` is sample ``i`` of bin
+    ``p``; only ``i < grid[k]`` are real samples (G = max grid; padded entries are meaningless).
+    """
+    bin_size = size / n_bins
+    if sampling_ratio > 0:
+        grid = xp.full(start.shape, sampling_ratio, dtype=np.int64)
+    else:
+        grid = xp.ceil(size / n_bins).astype(np.int64)
+    g_max = int(grid.max()) if grid.size else 1
+    g_max = max(g_max, 1)
+    safe = xp.maximum(grid, 1).astype(start.dtype)
+    p = xp.arange(n_bins, dtype=start.dtype)
+    i = xp.arange(g_max, dtype=start.dtype)
+    coords = (start[:, None, None] + p[None, :, None] * bin_size[:, None, None]
+              + (i[None, None, :] + 0.5) * bin_size[:, None, None] / safe[:, None, None])
+    return coords, grid
+
+
+def _bilinear_axis(coords, length: int, xp):
+    """Neighbours and weights along one axis with torchvision's boundary rules.
+
+    Returns ``(low, high, w_low, w_high)`` (int64, int64, float, float), weights zeroed for samples
+    outside ``[-1, length]``.
+    """
+    valid = (coords >= -1.0) & (coords <= length)
+    c = xp.maximum(coords, 0)
+    low = xp.floor(c)
+    edge = low >= length - 1
+    low = xp.where(edge, length - 1, low)
+    c = xp.where(edge, low, c)
+    low = low.astype(np.int64)
+    high = xp.where(edge, low, low + 1)
+    frac = c - low
+    w_high = xp.where(valid, frac, 0)
+    w_low = xp.where(valid, 1 - frac, 0)
+    low = xp.where(valid, low, 0)
+    high = xp.where(valid, high, 0)
+    return low, high, w_low, w_high
+
+
+def bilinear_sample(feature, y, x):
+    """Bilinear value of a 2-D map at continuous points, with RoIAlign's boundary rules.
+
+    feature: (H, W). y, x: arrays of equal shape (pixel-index coordinates: pixel ``(i, j)`` holds
+    the value at ``(y=i, x=j)``). Returns the interpolated values (0 outside ``[-1, H] × [-1, W]``).
+    This is exactly the per-sample read used inside :func:`roi_align`.
+    """
+    xp = get_array_module(feature)
+    y = xp.asarray(y, dtype=feature.dtype)
+    x = xp.asarray(x, dtype=feature.dtype)
+    H, W = feature.shape
+    yl, yh, wyl, wyh = _bilinear_axis(y, H, xp)
+    xl, xh, wxl, wxh = _bilinear_axis(x, W, xp)
+    return (wyl * wxl * feature[yl, xl] + wyl * wxh * feature[yl, xh]
+            + wyh * wxl * feature[yh, xl] + wyh * wxh * feature[yh, xh])
+
+
+def _window_matrices(coords, grid, length, per_sample, xp, dtype, full=False):
+    """Weight matrices in window coordinates along one axis.
+
+    coords (K, P, G), grid (K,). Returns ``(A, origin, extent)``:
+    ``A`` (K, R, S) with ``R = P`` (bin-averaged, divided by grid) or ``R = P*G`` (one row per
+    sample, undivided) and ``S = max extent``; ``origin`` (K,) first map index of each window.
+    """
+    K, P, G = coords.shape
+    low, high, wl, wh = _bilinear_axis(coords, length, xp)
+    real = xp.arange(G)[None, None, :] < grid[:, None, None]
+    wl = xp.where(real, wl, 0).astype(dtype, copy=False)
+    wh = xp.where(real, wh, 0).astype(dtype, copy=False)
+    if not per_sample:
+        inv = (1.0 / xp.maximum(grid, 1)).astype(dtype)
+        wl = wl * inv[:, None, None]
+        wh = wh * inv[:, None, None]
+    R = P * G if per_sample else P
+    if K == 0:
+        z = xp.zeros(0, dtype=np.int64)
+        return xp.zeros((0, R, 1), dtype=dtype), z, z
+    # window: the map indices touched by samples with nonzero weight (index 0 when none)
+    big = np.iinfo(np.int64).max
+    tl, th = wl != 0, wh != 0
+    lo = xp.minimum(xp.where(tl, low, big).reshape(K, -1).min(axis=1),
+                    xp.where(th, high, big).reshape(K, -1).min(axis=1))
+    hi = xp.maximum(xp.where(tl, low, -1).reshape(K, -1).max(axis=1),
+                    xp.where(th, high, -1).reshape(K, -1).max(axis=1))
+    empty = hi < 0
+    origin = xp.where(empty, 0, lo)
+    extent = xp.where(empty, 1, hi - origin + 1)
+    if full:  # whole-axis matrices (the dense path)
+        origin = xp.zeros_like(origin)
+        extent = xp.full_like(extent, length)
+    S = int(extent.max())
+    if per_sample:
+        rows = xp.arange(R).reshape(1, P, G)
+    else:
+        rows = xp.broadcast_to(xp.arange(P)[None, :, None], (1, P, G))
+    base = (xp.arange(K)[:, None, None] * R + rows) * S
+    idx = xp.concatenate([(base + low - origin[:, None, None]).ravel(),
+                          (base + high - origin[:, None, None]).ravel()])
+    vals = xp.concatenate([wl.ravel(), wh.ravel()])
+    keep = vals != 0
+    A = xp.zeros(K * R * S, dtype=dtype)
+    scatter_add(A, idx[keep], vals[keep])
+    return A.reshape(K, R, S), origin, extent
+
+
+def _chunks(extent_y, extent_x, n_inner):
+    """Split RoIs (sorted by window area) into chunks whose gathered windows stay small."""
+    area = asnp(extent_y) * asnp(extent_x)
+    order = np.argsort(area, kind="stable")
+    out, start = [], 0
+    K = len(order)
+    while start < K:
+        stop = start + 1
+        # grow while (count * max area * inner) stays under budget; areas are sorted ascending
+        lo, hi = stop, K
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if (mid - start) * int(area[order[mid - 1]]) * n_inner <= _CHUNK_ELEMS:
+                lo = mid
+            else:
+                hi = mid - 1
+        stop = max(lo, start + 1)
+        out.append(order[start:stop])
+        start = stop
+    return out
+
+
+def asnp(a):
+    from ..backend import asnumpy
+    return asnumpy(a)
+
+
+def _gather_windows(F_nhwc, b, oy, ox, Sh, Sw, xp):
+    """(k, Sh, Sw, C) windows of ``F_nhwc`` (N, H, W, C) at origins (oy, ox) (clipped at the border)."""
+    N, H, W, C = F_nhwc.shape
+    rows = xp.minimum(oy[:, None] + xp.arange(Sh)[None, :], H - 1)
+    cols = xp.minimum(ox[:, None] + xp.arange(Sw)[None, :], W - 1)
+    flat = (b[:, None, None] * H + rows[:, :, None]) * W + cols[:, None, :]
+    return xp.take(F_nhwc.reshape(N * H * W, C), flat, axis=0)
+
+
+def _separable_forward(input, b, Ay, oy, ey, Ax, ox, ex):
+    """``out[k, c] = Ay[k] @ window_k(F[b_k, c]) @ Ax[k].T`` for all RoIs -> (K, C, R, Q)."""
+    xp = get_array_module(input)
+    N, C, H, W = input.shape
+    K, R, _ = Ay.shape
+    Q = Ax.shape[1]
+    out = xp.empty((K, R, Q, C), dtype=input.dtype)
+    if K == 0:
+        return out.transpose(0, 3, 1, 2), None
+    F = xp.ascontiguousarray(input.transpose(0, 2, 3, 1))
+    chunks = _chunks(ey, ex, C)
+    for sel in chunks:
+        sel_x = xp.asarray(sel)
+        Sh, Sw = int(ey[sel_x].max()), int(ex[sel_x].max())
+        P = _gather_windows(F, b[sel_x], oy[sel_x], ox[sel_x], Sh, Sw, xp)      # (k, Sh, Sw, C)
+        k = P.shape[0]
+        ay = Ay[sel_x, :, :Sh]                                                    # (k, R, Sh)
+        ax = Ax[sel_x, :, :Sw]                                                    # (k, Q, Sw)
+        t = xp.matmul(ay, P.reshape(k, Sh, Sw * C)).reshape(k, R, Sw, C)         # rows first
+        out[sel_x] = xp.matmul(ax[:, None], t)                                    # (k, R, Q, C)
+    return out.transpose(0, 3, 1, 2), chunks
+
+
+def _separable_backward(dout, input_shape, b, Ay, oy, ey, Ax, ox, ex, chunks):
+    """Transpose of :func:`_separable_forward`: ``dF[b_k, c] += Ay[k].T @ dout[k, c] @ Ax[k]``."""
+    xp = get_array_module(dout)
+    N, C, H, W = input_shape
+    grad = xp.zeros(N * H * W * C, dtype=dout.dtype)
+    K = Ay.shape[0]
+    if K == 0:
+        return grad.reshape(N, C, H, W)
+    R, Q = Ay.shape[1], Ax.shape[1]
+    d = dout.transpose(0, 2, 3, 1)                                                # (K, R, Q, C)
+    for sel in chunks:
+        sel_x = xp.asarray(sel)
+        Sh, Sw = int(ey[sel_x].max()), int(ex[sel_x].max())
+        k = len(sel)
+        ay = Ay[sel_x, :, :Sh]
+        ax = Ax[sel_x, :, :Sw]
+        t = xp.matmul(ax[:, None].transpose(0, 1, 3, 2), d[sel_x])              # (k, R, Sw, C)
+        dP = xp.matmul(ay.transpose(0, 2, 1), t.reshape(k, R, Sw * C))           # (k, Sh, Sw*C)
+        rows = xp.minimum(oy[sel_x][:, None] + xp.arange(Sh)[None, :], H - 1)
+        cols = xp.minimum(ox[sel_x][:, None] + xp.arange(Sw)[None, :], W - 1)
+        pix = (b[sel_x][:, None, None] * H + rows[:, :, None]) * W + cols[:, None, :]   # (k, Sh, Sw)
+        flat = pix[..., None] * C + xp.arange(C)
+        scatter_add(grad, flat.ravel(), dP.ravel())
+    return xp.ascontiguousarray(grad.reshape(N, H, W, C).transpose(0, 3, 1, 2))
+
+
+def _dense_forward(input, b, Ay, Ax):
+    """Dense path: ``out[k] = Ay[k] @ F[b_k] @ Ax[k].T`` with whole-axis Ay (K, R, H), Ax (K, Q, W).
+
+    Per image: ``T = Ax (K_n*Q, W) @ F_n (W, C*H)`` then a batched ``T[k] (Q*C, H) @ Ay[k].T``.
+    Pure matrix products, no gather; cost ~ K * Q * W * C * H multiply-adds, so it pays off when
+    the map is small compared with the RoIs (many RoIs covering a large part of a small map).
+    """
+    xp = get_array_module(input)
+    N, C, H, W = input.shape
+    K, R, _ = Ay.shape
+    Q = Ax.shape[1]
+    out = xp.empty((K, Q, C, R), dtype=input.dtype)
+    step = max(1, _CHUNK_ELEMS // max(Q * C * H, 1))
+    for n in range(N):
+        idx = xp.nonzero(b == n)[0]
+        if idx.size == 0:
+            continue
+        Fw = input[n].transpose(2, 0, 1).reshape(W, C * H)
+        for s in range(0, int(idx.size), step):
+            sel = idx[s:s + step]
+            k = int(sel.size)
+            T = xp.matmul(Ax[sel].reshape(k * Q, W), Fw).reshape(k, Q * C, H)
+            out[sel] = xp.matmul(T, Ay[sel].transpose(0, 2, 1)).reshape(k, Q, C, R)
+    return out.transpose(0, 2, 3, 1)
+
+
+def _dense_backward(dout, input_shape, b, Ay, Ax):
+    """Transpose of :func:`_dense_forward` (no scatter: two matrix products per image)."""
+    xp = get_array_module(dout)
+    N, C, H, W = input_shape
+    K, R, _ = Ay.shape
+    Q = Ax.shape[1]
+    gw = xp.zeros((N, W, C * H), dtype=dout.dtype)
+    d = dout.transpose(0, 3, 1, 2)                                     # (K, Q, C, R)
+    step = max(1, _CHUNK_ELEMS // max(Q * C * H, 1))
+    for n in range(N):
+        idx = xp.nonzero(b == n)[0]
+        for s in range(0, int(idx.size), step):
+            sel = idx[s:s + step]
+            k = int(sel.size)
+            dT = xp.matmul(d[sel].reshape(k, Q * C, R), Ay[sel])        # (k, Q*C, H)
+            gw[n] += xp.matmul(Ax[sel].reshape(k * Q, W).T, dT.reshape(k * Q, C * H))
+    return xp.ascontiguousarray(gw.reshape(N, W, C, H).transpose(0, 2, 3, 1))
+
+
+# Which path: "auto" (cost model), "dense" or "window" (tests force each one).
+ROI_ALIGN_PATH = "auto"
+
+
+def _use_dense(cy, cx, H, W, K):
+    if ROI_ALIGN_PATH != "auto":
+        return ROI_ALIGN_PATH == "dense"
+    if K == 0:
+        return False
+    # window path gathers ~ sum_k extent_y * extent_x pixels per channel (and scatters them back);
+    # the dense path does ~ K * Q * H * W multiply-adds per channel in BLAS. A gathered element
+    # costs roughly as much as _DENSE_FACTOR multiply-adds.
+    span_y = asnp(cy.max(axis=(1, 2)) - cy.min(axis=(1, 2))) + 2
+    span_x = asnp(cx.max(axis=(1, 2)) - cx.min(axis=(1, 2))) + 2
+    window = float(np.sum(np.minimum(span_y, H) * np.minimum(span_x, W)))
+    dense = float(K) * cx.shape[1] * H * W
+    return dense < _DENSE_FACTOR * window
+
+
+_DENSE_FACTOR = 64.0  # the window path also pays a scatter-add in backward
+
+
+def _roi_geometry(rois, spatial_scale, aligned):
+    """(K,) start/size along y and x, per the RoIAlign rules (no rounding)."""
+    xp = get_array_module(rois)
+    offset = 0.5 if aligned else 0.0
+    x1 = rois[:, 1] * spatial_scale - offset
+    y1 = rois[:, 2] * spatial_scale - offset
+    x2 = rois[:, 3] * spatial_scale - offset
+    y2 = rois[:, 4] * spatial_scale - offset
+    w, h = x2 - x1, y2 - y1
+    if not aligned:
+        w, h = xp.maximum(w, 1.0), xp.maximum(h, 1.0)
+    return y1, h, x1, w
+
+
+def _align_core_forward(input, rois, ph, pw, y_start, y_size, x_start, x_size, sampling_ratio, mode):
+    """Shared by roi_align / roi_align_max / roi_warp once the RoI geometry is known."""
+    xp = get_array_module(input)
+    N, C, H, W = input.shape
+    K = rois.shape[0]
+    b = rois[:, 0].astype(np.int64)
+    cy, gy = axis_sample_points(y_start, y_size, ph, sampling_ratio, xp)
+    cx, gx = axis_sample_points(x_start, x_size, pw, sampling_ratio, xp)
+    per_sample = mode == "max"
+    dense = _use_dense(cy, cx, H, W, K)
+    Ay, oy, ey = _window_matrices(cy, gy, H, per_sample, xp, input.dtype, full=dense)
+    Ax, ox, ex = _window_matrices(cx, gx, W, per_sample, xp, input.dtype, full=dense)
+    if dense:
+        vals, chunks = _dense_forward(input, b, Ay, Ax), None
+    else:
+        vals, chunks = _separable_forward(input, b, Ay, oy, ey, Ax, ox, ex)
+    geo = (b, Ay, oy, ey, Ax, ox, ex, chunks)
+    if mode == "avg":
+        return vals, (mode, input.shape, geo, None)
+    Gy, Gx = cy.shape[2], cx.shape[2]
+    v = vals.reshape(K, C, ph, Gy, pw, Gx).transpose(0, 1, 2, 4, 3, 5).reshape(K, C, ph, pw, Gy * Gx)
+    real = ((xp.arange(Gy)[None, :, None] < gy[:, None, None])
+            & (xp.arange(Gx)[None, None, :] < gx[:, None, None])).reshape(K, 1, 1, 1, Gy * Gx)
+    v = xp.where(real, v, -xp.inf)
+    arg = xp.argmax(v, axis=-1)          # first maximum in (iy, ix) row-major order
+    has = (gy * gx > 0).reshape(K, 1, 1, 1)
+    out = xp.where(has, xp.take_along_axis(v, arg[..., None], axis=-1)[..., 0], 0).astype(input.dtype)
+    return out, (mode, input.shape, geo, (arg, has, Gy, Gx))
+
+
+def _align_core_backward(dout, cache):
+    mode, shape, (b, Ay, oy, ey, Ax, ox, ex, chunks), extra = cache
+    xp = get_array_module(dout)
+    dout = xp.asarray(dout, dtype=Ay.dtype)
+    if mode == "max":
+        arg, has, Gy, Gx = extra
+        K, C, ph, pw = dout.shape
+        onehot = xp.arange(Gy * Gx) == arg[..., None]
+        dv = xp.where(onehot & has[..., None], dout[..., None], 0).astype(dout.dtype)
+        dout = dv.reshape(K, C, ph, pw, Gy, Gx).transpose(0, 1, 2, 4, 3, 5).reshape(K, C, ph * Gy, pw * Gx)
+    if chunks is None:
+        return _dense_backward(dout, shape, b, Ay, Ax)
+    return _separable_backward(dout, shape, b, Ay, oy, ey, Ax, ox, ex, chunks)
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------------------
+def roi_align_forward(input, boxes, output_size, spatial_scale: float = 1.0, sampling_ratio: int = -1,
+                      aligned: bool = False):
+    """RoIAlign (average of bilinear samples per bin), forward.
+
+    input: (N, C, H, W) float features. boxes: (K, 5) ``[batch_index, x1, y1, x2, y2]`` in image
+    coordinates (or a list of per-image (K_i, 4) arrays). output_size: int or (PH, PW).
+    spatial_scale: feature-map pixels per image pixel (1/stride). sampling_ratio: samples per bin
+    along each axis (<= 0: adaptive ``ceil(roi_size / output_size)``). aligned: shift by -0.5 pixel
+    so that pixel centres sit at half-integers (the "correct" alignment of Detectron2).
+    Returns ``(out (K, C, PH, PW), cache)``.
+    """
+    where = "roi_align_forward"
+    xp, rois, (ph, pw), scale = _check_roi_args(input, boxes, output_size, spatial_scale, where)
+    sampling_ratio, aligned = _check_sampling(sampling_ratio, aligned, where)
+    y1, h, x1, w = _roi_geometry(rois, scale, aligned)
+    return _align_core_forward(input, rois, ph, pw, y1, h, x1, w, sampling_ratio, "avg")
+
+
+def roi_align_backward(dout, cache):
+    """Gradient of :func:`roi_align_forward` w.r.t. ``input``: dout (K, C, PH, PW) -> (N, C, H, W)."""
+    return _align_core_backward(dout, cache)
+
+
+def roi_align(input, boxes, output_size, spatial_scale: float = 1.0, sampling_ratio: int = -1,
+              aligned: bool = False):
+    """``torchvision.ops.roi_align`` equivalent: (N, C, H, W), boxes -> (K, C, PH, PW)."""
+    return roi_align_forward(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)[0]
+
+
+def roi_align_max_forward(input, boxes, output_size, spatial_scale: float = 1.0, sampling_ratio: int = -1,
+                          aligned: bool = False):
+    """RoIAlign with the MAX over each bin's bilinear samples (the paper's alternative), forward.
+
+    Same sample points as :func:`roi_align_forward`. Choices: a sample outside ``[-1, H] × [-1, W]``
+    reads 0 and takes part in the max (as it takes part in the average); ties go to the first
+    sample in (iy, ix) row-major order; a RoI with no samples (zero size with ``aligned=True``)
+    gives 0. Returns ``(out (K, C, PH, PW), cache)``.
+    """
+    where = "roi_align_max_forward"
+    xp, rois, (ph, pw), scale = _check_roi_args(input, boxes, output_size, spatial_scale, where)
+    sampling_ratio, aligned = _check_sampling(sampling_ratio, aligned, where)
+    y1, h, x1, w = _roi_geometry(rois, scale, aligned)
+    return _align_core_forward(input, rois, ph, pw, y1, h, x1, w, sampling_ratio, "max")
+
+
+def roi_align_max_backward(dout, cache):
+    """Gradient of :func:`roi_align_max_forward`: each output's gradient goes to the 4 bilinear
+    neighbours of its argmax sample, with that sample's bilinear weights."""
+    return _align_core_backward(dout, cache)
+
+
+def roi_align_max(input, boxes, output_size, spatial_scale: float = 1.0, sampling_ratio: int = -1,
+                  aligned: bool = False):
+    """RoIAlign-max output only (see :func:`roi_align_max_forward`)."""
+    return roi_align_max_forward(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)[0]
