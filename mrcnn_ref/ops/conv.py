@@ -19,7 +19,9 @@ matrix contiguous is the one copy im2col costs, after which BLAS does all the ar
 **Backward.** With ``dout (N, Cout, Ho, Wo)``:
 
 * ``db = dout.sum((0, 2, 3))``;
-* ``dw = dout2d (Cout, N*Ho*Wo) @ cols.T`` — the same windows, one more matrix product;
+* ``dw = dout2d (Cout, N*Ho*Wo) @ cols.T`` — the same windows, one more matrix product (the
+  column matrix is rebuilt from the cached padded input rather than cached itself: it is
+  ``kh*kw`` times larger than the input, and a network holds one cache per layer);
 * ``dx`` is itself a convolution: spread ``dout`` back to the input grid by *dilating* it with the
   stride (``stride - 1`` zeros between entries), pad it by ``k - 1 - padding`` and correlate it,
   with stride 1, with the kernel rotated by 180° and with its in/out channels swapped
@@ -227,7 +229,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     Returns
     -------
     out : (N, Cout, Ho, Wo) with ``Ho = (H + 2*ph - kh) // sh + 1``.
-    cache : what :func:`conv2d_backward` needs (the column matrix, shapes, weight).
+    cache : what :func:`conv2d_backward` needs (the padded input, shapes, weight).
     """
     where = "conv2d_forward"
     (sh, sw), (ph, pw) = _validate(where, x, w, b, stride, padding, 1)
@@ -237,10 +239,10 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
         raise ValueError(f"{where}: kernel ({kh}, {kw}) is larger than the padded input "
                          f"({h + 2 * ph}, {wd + 2 * pw}) (x shape {tuple(x.shape)}, padding {(ph, pw)})")
     xpad = _pad_crop(x, ph, ph, pw, pw) if (ph or pw) else x
-    out, cols = _correlate(xpad, w.reshape(cout, cin * kh * kw), kh, kw, sh, sw)
+    out, _ = _correlate(xpad, w.reshape(cout, cin * kh * kw), kh, kw, sh, sw)
     if b is not None:
         out += b.reshape(1, cout, 1, 1)
-    cache = (cols, (h, wd), w, (sh, sw), (ph, pw), b is not None)
+    cache = (xpad, (h, wd), w, (sh, sw), (ph, pw), b is not None)
     return out, cache
 
 
@@ -249,9 +251,11 @@ def conv2d_backward(dout, cache):
 
     dout : (N, Cout, Ho, Wo). Returns ``(dx (N, Cin, H, W), dw (Cout, Cin, kh, kw), db (Cout,) or None)``.
     """
-    cols, in_hw, w, stride, padding, has_bias = cache
+    xpad, in_hw, w, stride, padding, has_bias = cache
     cout, cin, kh, kw = w.shape
+    cols, _ = im2col(xpad, kh, kw, *stride)
     dw = _weight_grad(dout, cols, kh, kw, cin)
+    del cols                                             # free it before dx builds its own
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     dx = _input_grad(dout, w, in_hw, stride, padding)
     return dx, dw, db
