@@ -187,7 +187,8 @@ print(f"\n{x_big.shape} * {w_big.shape}: loops {t_loop * 1e3:.1f} ms, im2col {t_
 #   `db = dout.sum((0, 2, 3))`.
 # * **Weight.** In matrix form $\mathrm{out} = W\,\mathrm{cols}$, so
 #   $\partial L/\partial W = \mathrm{dout}\;\mathrm{cols}^\top$ — the **same columns** we built in
-#   the forward pass (that is why they live in the cache), one more matrix product.
+#   the forward pass, one more matrix product. (The cache keeps the padded input and im2col
+#   rebuilds the columns: caching them would hold $k_hk_w$ times the input's memory per layer.)
 # * **Input.** $\partial L/\partial\,\mathrm{cols} = W^\top \mathrm{dout}$, and each column would
 #   then have to be added back to the window it came from (*col2im*, a scatter-add with
 #   overlaps). There is a neater way: read the sum the other way round. Input pixel $x[c, a]$
