@@ -59,7 +59,8 @@ def nms(boxes, scores, iou_threshold: float, method: str = "auto"):
     boxes: (N, 4) floating (x1, y1, x2, y2); scores: (N,) floating; iou_threshold in [0, 1].
     method: ``"auto"`` (default), ``"greedy"`` or ``"sparse"`` (see the module docstring); all
     return the same indices.
-    Returns (K,) int64 indices of the kept boxes, sorted by decreasing score.
+    Returns (K,) int64 indices of the kept boxes, sorted by decreasing score (an empty array for
+    N = 0), in the array module of ``boxes``. CuPy inputs are processed on the host.
     """
     where = "nms"
     _check_boxes_scores(boxes, scores, where)
@@ -95,8 +96,9 @@ def _nms(boxes, scores, t, idxs, method, where):
     n = boxes.shape[0]
     if n == 0:
         return xp.zeros((0,), dtype=xp.int64)
-    # The selection itself is sequential and index-heavy: do it on the host in float64-free
-    # original precision, then hand the indices back on the input's device.
+    # The selection is sequential and index-heavy: it runs on the host (CuPy inputs are copied
+    # there), in the boxes' own dtype so that IoUs round exactly as torchvision's; the indices
+    # are returned on the input's device.
     b = asnumpy(boxes)
     s = asnumpy(scores)
     c = None if idxs is None else asnumpy(idxs)
