@@ -94,7 +94,7 @@ def box_iou(boxes1, boxes2):
     area2 = box_area(boxes2)
     lt = xp.maximum(boxes1[:, None, :2], boxes2[None, :, :2])   # (N, M, 2) top-left of overlap
     rb = xp.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])   # (N, M, 2) bottom-right
-    wh = xp.clip(rb - lt, 0, None)
+    wh = xp.maximum(rb - lt, 0)
     inter = wh[..., 0] * wh[..., 1]
     union = area1[:, None] + area2[None, :] - inter
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -111,8 +111,8 @@ def clip_boxes(boxes, image_size):
     h, w = _image_size(image_size, where)
     xp = get_array_module(boxes)
     out = xp.empty_like(boxes)
-    out[:, 0::2] = xp.clip(boxes[:, 0::2], 0, w)
-    out[:, 1::2] = xp.clip(boxes[:, 1::2], 0, h)
+    out[:, 0::2] = xp.minimum(xp.maximum(boxes[:, 0::2], 0), w)
+    out[:, 1::2] = xp.minimum(xp.maximum(boxes[:, 1::2], 0), h)
     return out
 
 
