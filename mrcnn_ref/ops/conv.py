@@ -46,8 +46,6 @@ All functions are array-module generic (NumPy or CuPy via ``xp``) and keep the i
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .._checks import check_array, pair
 from ..backend import get_array_module
 
@@ -175,7 +173,6 @@ def _input_grad(dout, w, in_hw, stride, padding):
     if method == "auto":
         cout, cin, kh, kw = w.shape
         h, wd = in_hw
-        ph, pw = padding
         # elements of the column matrix each method builds (both multiply it with a weight matrix)
         transposed = cout * kh * kw * h * wd
         col2im = cin * kh * kw * dout.shape[2] * dout.shape[3]
