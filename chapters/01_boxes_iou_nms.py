@@ -33,7 +33,6 @@
 # %%
 import inspect
 import os
-import time
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -257,9 +256,9 @@ print("all checks passed")
 # %% [markdown]
 # ## Exercises
 #
-# 1. Change the NMS threshold from 0.3 to 0.6 and 0.1, and the score threshold from 0.5 to 0.3, in the sliding-window example. Which
-#    spurious boxes survive at 0.6? What goes wrong at very low thresholds when two objects are
-#    close together?
+# 1. Change the NMS threshold from 0.3 to 0.6 and 0.1, and the score threshold from 0.5 to 0.3,
+#    in the sliding-window example. Which spurious boxes survive at 0.6? What goes wrong at very
+#    low thresholds when two objects are close together?
 # 2. Write a plain-Python NMS (two nested loops, as in the seed's description) and compare its
 #    output and its run time with `nms` on 2,000 random boxes.
 # 3. *Soft-NMS* does not delete an overlapping box but multiplies its score by `exp(-IoU² / σ)`.

@@ -224,7 +224,8 @@ def sample_labels(labels, batch_size: int = 256, positive_fraction: float = 0.5,
     if not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(f"{where}: labels must be an integer array, got {labels.dtype}")
     batch_size = check_positive_int(batch_size, "batch_size", where)
-    if isinstance(positive_fraction, bool) or not isinstance(positive_fraction, (int, float)) \
+    if isinstance(positive_fraction, bool) \
+            or not isinstance(positive_fraction, (int, float, np.integer, np.floating)) \
             or not 0.0 <= positive_fraction <= 1.0:
         raise ValueError(f"{where}: positive_fraction must be a number in [0, 1], got "
                          f"{positive_fraction!r}")

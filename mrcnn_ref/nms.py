@@ -24,8 +24,6 @@ Two implementations, chosen automatically, give the same result:
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ._checks import check_array

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
 from mrcnn_ref.boxes import (
     DEFAULT_BBOX_CLAMP,
