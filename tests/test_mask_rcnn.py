@@ -36,7 +36,7 @@ def test_whole_loss_gradient_check():
     tg = _rect_targets()
     m.zero_grad()
     losses, total = m.forward_train(img, tg, rng=np.random.default_rng(5))
-    proposals = m._train_cache.proposals.copy()
+    proposals = m.last_proposals.copy()
     nfg = m._train_cache.roi_targets["num_fg"]
     assert nfg > 0 and all(losses[k] > 0 for k in LOSS_NAMES)
     d_img = m.backward()

@@ -184,3 +184,46 @@ def test_postprocess_detections_hand_example():
     b2, s2, l2 = postprocess_detections(logits, deltas, proposals, (64, 50), score_thresh=1e-3,
                                         detections_per_img=2)
     assert b2.shape == (2, 4) and np.all(np.diff(s2) <= 0)
+
+
+def test_multilevel_matches_torchvision_multiscale_roialign():
+    torch = pytest.importorskip("torch")
+    ops = pytest.importorskip("torchvision.ops")
+    rng = np.random.default_rng(0)
+    feats = [rng.standard_normal((1, 3, 512 // s, 512 // s)) for s in (4, 8, 16, 32)]
+    xy = rng.uniform(0, 10, (12, 2))
+    boxes = np.concatenate([xy, xy + np.geomspace(20, 500, 12)[:, None] * rng.uniform(0.9, 1.0, (12, 2))],
+                           axis=1)
+    rois = np.concatenate([np.zeros((12, 1)), boxes], axis=1)
+    assert len(set(assign_fpn_levels(boxes).tolist())) == 4          # every level is used
+    out, cache = multilevel_roi_forward(feats, rois, 7, sampling_ratio=2)
+    dout = rng.standard_normal(out.shape)
+    grads = multilevel_roi_backward(dout, cache)
+
+    pooler = ops.MultiScaleRoIAlign(["p2", "p3", "p4", "p5"], output_size=7, sampling_ratio=2)
+    tf = {f"p{i + 2}": torch.tensor(f, requires_grad=True) for i, f in enumerate(feats)}
+    ref = pooler(tf, [torch.tensor(boxes)], [(512, 512)])
+    np.testing.assert_allclose(out, ref.detach().numpy(), rtol=1e-10, atol=1e-10)
+    (ref * torch.tensor(dout)).sum().backward()
+    for i, g in enumerate(grads):
+        np.testing.assert_allclose(g, tf[f"p{i + 2}"].grad.numpy(), rtol=1e-10, atol=1e-10)
+
+
+def test_box_loss_matches_torchvision_fastrcnn_loss():
+    torch = pytest.importorskip("torch")
+    roi_heads = pytest.importorskip("torchvision.models.detection.roi_heads")
+    rng = np.random.default_rng(3)
+    s, k = 10, 4
+    logits = rng.standard_normal((s, k))
+    deltas = rng.standard_normal((s, 4 * k)) * 0.3
+    labels = np.array([1, 3, 2, 2, 0, 0, 0, 1, 0, 0])
+    reg = rng.standard_normal((s, 4)) * 0.3
+    (l_cls, l_box), cache = box_loss_forward(logits, deltas, labels, reg)
+    d_logits, d_deltas = box_loss_backward(1.0, 1.0, cache)
+    tl = torch.tensor(logits, requires_grad=True)
+    td = torch.tensor(deltas, requires_grad=True)
+    ref_cls, ref_box = roi_heads.fastrcnn_loss(tl, td, [torch.tensor(labels)], [torch.tensor(reg)])
+    np.testing.assert_allclose([float(l_cls), float(l_box)], [ref_cls.item(), ref_box.item()], rtol=1e-10)
+    (ref_cls + ref_box).backward()
+    np.testing.assert_allclose(d_logits, tl.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(d_deltas, td.grad.numpy(), rtol=1e-10, atol=1e-12)

@@ -91,6 +91,7 @@ class MaskRCNN(Module):
         object.__setattr__(self, "rng", rng)
         object.__setattr__(self, "_anchor_cache", {})
         object.__setattr__(self, "_train_cache", None)
+        object.__setattr__(self, "last_proposals", None)
 
     # ------------------------------------------------------------------ helpers
     def _prepare_image(self, images, where):
@@ -152,7 +153,7 @@ class MaskRCNN(Module):
         rng: Generator for anchor/RoI sampling (default: the model's). proposals: optional (P, 4)
         to use instead of the RPN's (to freeze them, e.g. in a gradient check).
         Returns ``(losses, total)``: a dict of the five losses (Python floats) and their sum.
-        Stores what :meth:`backward` needs.
+        Stores what :meth:`backward` needs, and the proposals used in ``self.last_proposals``.
         """
         where = "MaskRCNN.forward_train"
         cfg = self.config
@@ -201,6 +202,7 @@ class MaskRCNN(Module):
                 min_size=cfg.rpn_min_size)
         proposals = xp.asarray(proposals, dtype=dtype)
         c.proposals = proposals
+        object.__setattr__(self, "last_proposals", proposals)     # (P, 4), for inspection / freezing
 
         # 4. sample RoIs and their targets
         t = proposal_targets(proposals, gt_boxes, gt_labels, gt_masks, rng=rng,
