@@ -123,8 +123,8 @@ def pyramid_level_anchors(feature_shapes, strides, sizes, ratios, dtype=np.float
 
     all_anchors, level_ids, counts = [], [], []
     for lvl, ((h, w), stride, size) in enumerate(zip(feature_shapes, strides, sizes)):
-        base = generate_anchors((size,), tuple(ratios))
-        a = xp.asarray(grid_anchors(base, (int(h), int(w)), stride), dtype=dtype)
+        base = generate_anchors((size,), tuple(ratios), dtype=dtype, xp=xp)   # (A, 4) centred at 0
+        a = grid_anchors(base, (int(h), int(w)), stride)                      # (h*w*A, 4), (y, x, a)
         all_anchors.append(a)
         level_ids.append(xp.full(a.shape[0], lvl, dtype=xp.int64))
         counts.append(a.shape[0])
