@@ -155,11 +155,32 @@ def test_sample_labels_by_hand():
 
 # ---------------------------------------------------------------- torchvision
 
-def test_matches_torchvision_anchor_generator():
+@given(st.integers(1, 3), st.integers(1, 3), st.sampled_from([(4, 8), (8, 16), (16, 32)]),
+       st.sampled_from([(16, 32), (32,), (8, 64)]))
+def test_matches_torchvision_anchor_generator(fh, fw, strides, sizes0):
     torch = pytest.importorskip("torch")
     ag_mod = pytest.importorskip("torchvision.models.detection.anchor_utils")
     il = pytest.importorskip("torchvision.models.detection.image_list")
     # sizes/ratios whose base anchors are integers, so torchvision's rounding changes nothing
+    sizes = (sizes0, tuple(2 * v for v in sizes0))
+    ratios = ((0.25, 1.0, 4.0),) * 2
+    gen = ag_mod.AnchorGenerator(sizes, ratios)
+    fh, fw = 2 * fh, 2 * fw                     # so that the coarser level is at least 1x1
+    ih, iw = fh * strides[0], fw * strides[0]
+    images = il.ImageList(torch.zeros(1, 3, ih, iw, dtype=torch.float64), [(ih, iw)])
+    fsizes = [(fh, fw), (ih // strides[1], iw // strides[1])]
+    feats = [torch.zeros(1, 4, h, w, dtype=torch.float64) for h, w in fsizes]
+    ref = gen(images, feats)[0].numpy()
+    strides_tv = [(ih // h, iw // w) for h, w in fsizes]  # torchvision's (stride_y, stride_x)
+    ours = np.concatenate([grid_anchors(generate_anchors(sz, ratios[0], dtype=np.float64), fs, st_)
+                           for sz, fs, st_ in zip(sizes, fsizes, strides_tv)])
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-10)
+
+
+def test_pyramid_matches_torchvision_anchor_generator():
+    torch = pytest.importorskip("torch")
+    ag_mod = pytest.importorskip("torchvision.models.detection.anchor_utils")
+    il = pytest.importorskip("torchvision.models.detection.image_list")
     sizes, ratios = ((16, 32), (32, 64)), ((0.25, 1.0, 4.0),) * 2
     gen = ag_mod.AnchorGenerator(sizes, ratios)
     images = il.ImageList(torch.zeros(1, 3, 64, 96, dtype=torch.float64), [(64, 96)])
