@@ -15,8 +15,8 @@ output's gradient to that argmax pixel.
 
 Vectorised: bins are padded to the largest bin of a chunk of RoIs (RoIs sorted by bin area so
 that padding stays small), the padded pixels are gathered in NHWC layout (one contiguous C-vector
-per pixel) and masked with -inf; ``argmax`` over the flattened (row, column) window gives the first
-maximum in row-major order. Backward is one scatter-add of the gradients to the argmax pixels.
+per pixel; padding repeats the bin's first pixel); the max over the flattened (row, column) window and
+the first position holding it give the first maximum in row-major order. Backward is one scatter-add of the gradients to the argmax pixels.
 """
 from __future__ import annotations
 
@@ -74,22 +74,24 @@ def roi_pool_forward(input, boxes, output_size, spatial_scale: float = 1.0):
         j = xp.arange(Lw)
         rows = hs[sel][:, :, None] + i                                   # (k, PH, Lh)
         cols = ws[sel][:, :, None] + j                                   # (k, PW, Lw)
-        ok = ((rows < he[sel][:, :, None])[:, :, None, :, None]
-              & (cols < we[sel][:, :, None])[:, None, :, None, :])      # (k, PH, PW, Lh, Lw)
-        rows = xp.minimum(rows, H - 1)
-        cols = xp.minimum(cols, W - 1)
+        # padding positions repeat the bin's first pixel: a duplicate never changes the max and,
+        # coming later in scan order, never wins a tie -> no -inf masking pass needed
+        rows = xp.minimum(xp.where(rows < he[sel][:, :, None], rows, hs[sel][:, :, None]), H - 1)
+        cols = xp.minimum(xp.where(cols < we[sel][:, :, None], cols, ws[sel][:, :, None]), W - 1)
         pix = ((b[sel][:, None, None, None, None] * H + rows[:, :, None, :, None]) * W
                + cols[:, None, :, None, :])                              # (k, PH, PW, Lh, Lw)
         k = int(sel.shape[0])
         pix = pix.reshape(k, ph, pw, Lh * Lw)
-        ok = ok.reshape(k, ph, pw, Lh * Lw)
         vals = xp.take(F, pix, axis=0)                                   # (k, PH, PW, L, C)
-        vals = xp.where(ok[..., None], vals, -xp.inf)
-        a = xp.argmax(vals, axis=3)                                      # first max, row-major
-        m = xp.take_along_axis(vals, a[:, :, :, None, :], axis=3)[:, :, :, 0, :]
-        nonempty = ok.any(axis=3)[..., None]                             # (k, PH, PW, 1)
+        m = vals.max(axis=3)                                             # (k, PH, PW, C)
+        # first maximum in row-major scan: smallest window position holding the max (reductions
+        # over axis 3 with contiguous C-vectors are fast; argmax over a middle axis is not)
+        L = Lh * Lw
+        small = np.int16 if L < np.iinfo(np.int16).max else np.int64
+        pos = xp.where(vals == m[:, :, :, None, :], xp.arange(L, dtype=small)[:, None], small(L)).min(axis=3)
+        nonempty = ((he[sel] > hs[sel])[:, :, None] & (we[sel] > ws[sel])[:, None, :])[..., None]
         out[sel] = xp.where(nonempty, m, 0)
-        arg[sel] = xp.where(nonempty, xp.take_along_axis(pix, a.reshape(k, ph, pw, C), axis=3), -1)
+        arg[sel] = xp.where(nonempty, xp.take_along_axis(pix, pos.astype(np.int64), axis=3), -1)
     cache = (arg, input.shape, input.dtype)
     return xp.ascontiguousarray(out.transpose(0, 3, 1, 2)), cache
 
