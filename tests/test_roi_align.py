@@ -32,6 +32,11 @@ def test_hand_values(path):
     assert roi_align(F5, np.array([[0, 3, 3, 6, 6.0]]), 1, sampling_ratio=2)[0, 0, 0, 0] == pytest.approx(5.625)
     # box [3.5,4.5]^2: sample at 4.0 = last row/col -> y_low = y_high = 4 -> F[4,4] = 24
     assert roi_align(F5, np.array([[0, 3.5, 3.5, 4.5, 4.5]]), 1, sampling_ratio=1)[0, 0, 0, 0] == pytest.approx(24.0)
+    # samples exactly on the validity limits y = H and y = -1 still count (limits are inclusive):
+    # box [4,6]^2 -> sample (5, 5) -> clamped to the last pixel F[4,4] = 24
+    assert roi_align(F5, np.array([[0, 4, 4, 6, 6.0]]), 1, sampling_ratio=1)[0, 0, 0, 0] == pytest.approx(24.0)
+    # box x [1.5, 2.5], y [-1.5, -0.5] -> sample (y=-1, x=2) -> y clamps to 0 -> F[0,2] = 2
+    assert roi_align(F5, np.array([[0, 1.5, -1.5, 2.5, -0.5]]), 1, sampling_ratio=1)[0, 0, 0, 0] == pytest.approx(2.0)
     # aligned=True shifts by -0.5: box [0.5, 2.5]^2 -> [0, 2]^2, 2x2 output, 1 sample per bin at
     # .5 and 1.5 -> 5*.5+.5=3, 5*.5+1.5=4, 5*1.5+.5=8, 9
     out = roi_align(F5, np.array([[0, 0.5, 0.5, 2.5, 2.5]]), 2, sampling_ratio=1, aligned=True)
