@@ -1,6 +1,5 @@
 """RPN: shared head (weight sharing over levels), output layout, targets, losses, proposals."""
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
