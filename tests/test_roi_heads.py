@@ -227,3 +227,24 @@ def test_box_loss_matches_torchvision_fastrcnn_loss():
     (ref_cls + ref_box).backward()
     np.testing.assert_allclose(d_logits, tl.grad.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(d_deltas, td.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_postprocess_matches_torchvision():
+    torch = pytest.importorskip("torch")
+    roi_heads = pytest.importorskip("torchvision.models.detection.roi_heads")
+    rng = np.random.default_rng(7)
+    p, k = 60, 4
+    xy = rng.uniform(0, 90, (p, 2))
+    proposals = np.concatenate([xy, xy + rng.uniform(4, 40, (p, 2))], axis=1)
+    logits = rng.standard_normal((p, k)) * 2
+    deltas = rng.standard_normal((p, 4 * k))
+    heads = roi_heads.RoIHeads(None, None, None, 0.5, 0.5, 128, 0.25, (10.0, 10.0, 5.0, 5.0),
+                               score_thresh=0.1, nms_thresh=0.5, detections_per_img=25)
+    tb, ts, tl = heads.postprocess_detections(torch.tensor(logits), torch.tensor(deltas),
+                                              [torch.tensor(proposals)], [(100, 110)])
+    boxes, scores, labels = postprocess_detections(logits, deltas, proposals, (100, 110), score_thresh=0.1,
+                                                   nms_thresh=0.5, detections_per_img=25)
+    assert boxes.shape == (25, 4)
+    np.testing.assert_allclose(boxes, tb[0].numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(scores, ts[0].numpy(), rtol=1e-10)
+    np.testing.assert_array_equal(labels, tl[0].numpy())

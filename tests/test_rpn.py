@@ -1,5 +1,6 @@
 """RPN: shared head (weight sharing over levels), output layout, targets, losses, proposals."""
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -158,3 +159,22 @@ def test_generate_proposals_properties():
         b = boxes[lvl_of == lv]
         iou = box_iou(b, b) - np.eye(len(b))
         assert np.all(iou <= 0.7 + 1e-12)
+
+
+def test_generate_proposals_matches_torchvision():
+    torch = pytest.importorskip("torch")
+    rpn_mod = pytest.importorskip("torchvision.models.detection.rpn")
+    rng = np.random.default_rng(11)
+    anchors, _, counts = pyramid_level_anchors([(16, 16), (8, 8), (4, 4)], (4, 8, 16), (8, 16, 32),
+                                               (0.5, 1.0, 2.0), dtype=np.float64)
+    obj = rng.standard_normal(anchors.shape[0])
+    dlt = rng.standard_normal((anchors.shape[0], 4)) * 0.3
+    boxes, scores = generate_proposals(obj, dlt, anchors, counts, (60, 64), pre_nms_top_n=150,
+                                       post_nms_top_n=80, nms_thresh=0.7, min_size=1e-3)
+    net = rpn_mod.RegionProposalNetwork(None, None, 0.7, 0.3, 256, 0.5, dict(training=150, testing=150),
+                                        dict(training=80, testing=80), 0.7).eval()
+    decoded = net.box_coder.decode(torch.tensor(dlt), [torch.tensor(anchors)]).reshape(1, -1, 4)
+    tb, ts = net.filter_proposals(decoded, torch.tensor(obj)[None], [(60, 64)], counts)
+    np.testing.assert_allclose(boxes, tb[0].numpy(), rtol=1e-10, atol=1e-10)
+    # torchvision returns sigmoid probabilities, we return the logits
+    np.testing.assert_allclose(1 / (1 + np.exp(-scores)), ts[0].numpy(), rtol=1e-10)
