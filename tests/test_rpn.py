@@ -178,3 +178,29 @@ def test_generate_proposals_matches_torchvision():
     np.testing.assert_allclose(boxes, tb[0].numpy(), rtol=1e-10, atol=1e-10)
     # torchvision returns sigmoid probabilities, we return the logits
     np.testing.assert_allclose(1 / (1 + np.exp(-scores)), ts[0].numpy(), rtol=1e-10)
+
+
+def test_rpn_loss_matches_torchvision():
+    torch = pytest.importorskip("torch")
+    rpn_mod = pytest.importorskip("torchvision.models.detection.rpn")
+    anchors, counts, gt, t, rng = _targets(5)
+    obj = rng.standard_normal(anchors.shape[0])
+    dlt = rng.standard_normal((anchors.shape[0], 4)) * 0.3
+    (l_obj, l_box), cache = rpn_loss_forward(obj, dlt, t)
+    d_obj, d_dlt = rpn_loss_backward(1.0, 1.0, cache)
+    # torchvision re-samples inside compute_loss: give it labels for exactly our sampled anchors
+    # (-1 elsewhere) and a batch size that takes all of them
+    labels = -np.ones(anchors.shape[0])
+    labels[t["sampled"]] = t["labels"]
+    reg = np.zeros_like(dlt)
+    reg[t["sampled"][:t["num_pos"]]] = t["regression_targets"]
+    n = t["sampled"].size
+    net = rpn_mod.RegionProposalNetwork(None, None, 0.7, 0.3, n, t["num_pos"] / n + 1e-9,
+                                        dict(training=1, testing=1), dict(training=1, testing=1), 0.7)
+    to = torch.tensor(obj[:, None], requires_grad=True)
+    td = torch.tensor(dlt, requires_grad=True)
+    ro, rb = net.compute_loss(to, td, [torch.tensor(labels)], [torch.tensor(reg)])
+    np.testing.assert_allclose([float(l_obj), float(l_box)], [ro.item(), rb.item()], rtol=1e-10)
+    (ro + rb).backward()
+    np.testing.assert_allclose(d_obj, to.grad.numpy()[:, 0], rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(d_dlt, td.grad.numpy(), rtol=1e-10, atol=1e-14)
