@@ -15,8 +15,8 @@ def _rect_targets(h=64, w=64):
     return dict(boxes=boxes, labels=np.array([1, 2]), masks=masks)
 
 
-def _float64_model(seed=0):
-    m = MaskRCNN("tiny", rng=seed).astype(np.float64)
+def _float64_model(seed=0, **options):
+    m = MaskRCNN({"preset": "tiny", **options}, rng=seed).astype(np.float64)
     rng = np.random.default_rng(seed + 100)
     for name, p in m.named_parameters().items():
         if name.endswith("bias"):       # nonzero biases keep every ReLU input away from exactly 0
@@ -67,6 +67,31 @@ def test_whole_loss_gradient_check():
     assert len(set(checked)) >= 20
     idx, num = numerical_gradient_sampled(loss, img, num_samples=4, rng=0)
     assert rel_error(d_img.reshape(-1)[idx], num) <= 1e-6
+
+
+@pytest.mark.parametrize("options", [{"roi_op": "roi_warp", "mask_loss": "softmax"},
+                                     {"roi_op": "roi_align", "roi_aligned": True, "roi_sampling_ratio": -1}])
+def test_whole_loss_gradient_check_variants(options):
+    """A lighter whole-loss check for other RoI-op / mask-loss choices."""
+    m = _float64_model(1, **options)
+    img = np.random.default_rng(2).standard_normal((1, 3, 64, 64))
+    tg = _rect_targets()
+    m.forward_train(img, tg, rng=np.random.default_rng(6))
+    proposals = m.last_proposals.copy()
+    m.backward()
+    grads = {k: v.copy() for k, v in m.named_grads().items()}
+
+    def loss():
+        _, t = m.forward_train(img, tg, rng=np.random.default_rng(6), proposals=proposals)
+        m.clear_caches()
+        return t
+
+    params = m.named_parameters()
+    for name in ("backbone.body.layer2.0.branch.0.weight", "backbone.fpn.output.1.weight",
+                 "box_head.fcs.1.weight", "mask_head.layers.0.weight", "mask_head.layers.4.weight"):
+        idx = np.argsort(-np.abs(grads[name].reshape(-1)))[:2]
+        _, num = numerical_gradient_sampled(loss, params[name], indices=idx)
+        assert rel_error(grads[name].reshape(-1)[idx], num) <= 1e-6, name
 
 
 def test_training_is_reproducible_and_grads_accumulate():
