@@ -33,6 +33,20 @@ def test_presets_and_overrides(tmp_path):
     assert MaskRCNNConfig(**dict(get_preset("tiny").to_dict(), anchor_sizes=(1, 2, 3, 4, 5))).validate()
 
 
+def test_config_json_round_trip():
+    from mrcnn_ref.model.mask_rcnn import MaskRCNN
+    for name in ("tiny", "shapes"):
+        cfg = get_preset(name)
+        back = load_config(json.loads(json.dumps(cfg.to_dict())))
+        assert json.dumps(back.to_dict(), sort_keys=True) == json.dumps(cfg.to_dict(), sort_keys=True)
+    # a model rebuilt from the serialised config has the same parameter names and shapes
+    a = MaskRCNN("tiny", rng=0)
+    b = MaskRCNN(json.loads(json.dumps(a.config.to_dict())), rng=1)
+    assert {k: v.shape for k, v in a.named_parameters().items()} == \
+        {k: v.shape for k, v in b.named_parameters().items()}
+    b.load_parameters(a.named_parameters())
+
+
 def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown config key"):
         load_config({"preset": "tiny", "num_clases": 3})
