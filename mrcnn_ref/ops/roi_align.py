@@ -46,7 +46,7 @@ import math
 import numpy as np
 
 from .._checks import check_array, pair
-from ..backend import get_array_module, scatter_add
+from ..backend import asnumpy, get_array_module, scatter_add
 
 __all__ = [
     "roi_align", "roi_align_forward", "roi_align_backward",
@@ -236,7 +236,7 @@ def _window_matrices(coords, grid, length, per_sample, xp, dtype, full=False):
 
 def _chunks(extent_y, extent_x, n_inner):
     """Split RoIs (sorted by window area) into chunks whose gathered windows stay small."""
-    area = asnp(extent_y) * asnp(extent_x)
+    area = asnumpy(extent_y) * asnumpy(extent_x)
     order = np.argsort(area, kind="stable")
     out, start = [], 0
     K = len(order)
@@ -254,11 +254,6 @@ def _chunks(extent_y, extent_x, n_inner):
         out.append(order[start:stop])
         start = stop
     return out
-
-
-def asnp(a):
-    from ..backend import asnumpy
-    return asnumpy(a)
 
 
 def _gather_windows(F_nhwc, b, oy, ox, Sh, Sw, xp):
@@ -376,8 +371,8 @@ def _use_dense(cy, cx, H, W, K):
     # window path gathers ~ sum_k extent_y * extent_x pixels per channel (and scatters them back);
     # the dense path does ~ K * Q * H * W multiply-adds per channel in BLAS. A gathered element
     # costs roughly as much as _DENSE_FACTOR multiply-adds.
-    span_y = asnp(cy.max(axis=(1, 2)) - cy.min(axis=(1, 2))) + 2
-    span_x = asnp(cx.max(axis=(1, 2)) - cx.min(axis=(1, 2))) + 2
+    span_y = asnumpy(cy.max(axis=(1, 2)) - cy.min(axis=(1, 2))) + 2
+    span_x = asnumpy(cx.max(axis=(1, 2)) - cx.min(axis=(1, 2))) + 2
     window = float(np.sum(np.minimum(span_y, H) * np.minimum(span_x, W)))
     dense = float(K) * cx.shape[1] * H * W
     return dense < _DENSE_FACTOR * window
