@@ -76,10 +76,12 @@ def box_area(boxes):
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
-def box_iou(boxes1, boxes2):
+def box_iou(boxes1, boxes2, fmt: str = "xyxy"):
     """Pairwise intersection-over-union.
 
-    boxes1: (N, 4), boxes2: (M, 4) floating (x1, y1, x2, y2). Returns (N, M) with
+    boxes1: (N, 4), boxes2: (M, 4) floating boxes in format ``fmt``: ``"xyxy"`` (x1, y1, x2, y2;
+    the default and the project's convention), ``"xywh"`` (COCO: corner + size) or ``"cxcywh"``
+    (centre + size) — torchvision's ``fmt`` argument. Returns (N, M) with
     ``iou[i, j] = |b1_i ∩ b2_j| / |b1_i ∪ b2_j|``, in the dtype of the inputs.
 
     Same numbers as ``torchvision.ops.box_iou``, including its edge case: two zero-area boxes have
@@ -89,6 +91,8 @@ def box_iou(boxes1, boxes2):
     where = "box_iou"
     _boxes(boxes1, "boxes1", where)
     _boxes(boxes2, "boxes2", where)
+    if fmt != "xyxy":
+        boxes1, boxes2 = _to_xyxy(boxes1, fmt, where), _to_xyxy(boxes2, fmt, where)
     xp = get_array_module(boxes1, boxes2)
     area1 = box_area(boxes1)
     area2 = box_area(boxes2)
@@ -99,6 +103,15 @@ def box_iou(boxes1, boxes2):
     union = area1[:, None] + area2[None, :] - inter
     with np.errstate(invalid="ignore", divide="ignore"):
         return inter / union
+
+
+def _to_xyxy(boxes, fmt, where):
+    xp = get_array_module(boxes)
+    if fmt == "xywh":
+        return xp.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+    if fmt == "cxcywh":
+        return xp.concatenate([boxes[:, :2] - 0.5 * boxes[:, 2:], boxes[:, :2] + 0.5 * boxes[:, 2:]], axis=1)
+    raise ValueError(f"{where}: fmt must be 'xyxy', 'xywh' or 'cxcywh', got {fmt!r}")
 
 
 def clip_boxes(boxes, image_size):
