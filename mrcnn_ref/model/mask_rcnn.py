@@ -80,7 +80,7 @@ class MaskRCNN(Module):
         super().__init__()
         cfg = load_config(config)
         rng = np.random.default_rng(rng)
-        object.__setattr__(self, "config", cfg)
+        self.config = cfg
         self.backbone, c = build_backbone(cfg, rng, dtype)
         a = cfg.num_anchors_per_location
         self.rpn = RPNHead(c, a, rng=rng, dtype=dtype)
@@ -88,10 +88,10 @@ class MaskRCNN(Module):
                                 dtype=dtype)
         self.mask_head = MaskHead(c, cfg.mask_head_convs, cfg.mask_head_channels, cfg.num_classes,
                                   rng=rng, dtype=dtype)
-        object.__setattr__(self, "rng", rng)
-        object.__setattr__(self, "_anchor_cache", {})
-        object.__setattr__(self, "_train_cache", None)
-        object.__setattr__(self, "last_proposals", None)
+        self.rng = rng
+        self._anchor_cache = {}
+        self._train_cache = None
+        self.last_proposals = None
 
     # ------------------------------------------------------------------ helpers
     def _prepare_image(self, images, where):
@@ -138,7 +138,7 @@ class MaskRCNN(Module):
         for _, mod in self.named_modules():
             mod._stack.clear()
         self.rpn._levels_stack.clear()
-        object.__setattr__(self, "_train_cache", None)
+        self._train_cache = None
 
     def zero_grad(self):
         super().zero_grad()
@@ -202,7 +202,7 @@ class MaskRCNN(Module):
                 min_size=cfg.rpn_min_size)
         proposals = xp.asarray(proposals, dtype=dtype)
         c.proposals = proposals
-        object.__setattr__(self, "last_proposals", proposals)     # (P, 4), for inspection / freezing
+        self.last_proposals = proposals     # (P, 4), for inspection / freezing
 
         # 4. sample RoIs and their targets
         t = proposal_targets(proposals, gt_boxes, gt_labels, gt_masks, rng=rng,
@@ -235,7 +235,7 @@ class MaskRCNN(Module):
         values = (l_obj, l_rpn_box, l_cls, l_box, l_mask)
         losses = {k: float(v) for k, v in zip(LOSS_NAMES, values)}
         total = float(sum(values))
-        object.__setattr__(self, "_train_cache", c)
+        self._train_cache = c
         return losses, total
 
     def backward(self):
@@ -246,7 +246,7 @@ class MaskRCNN(Module):
         c = self._train_cache
         if c is None:
             raise RuntimeError("MaskRCNN.backward: call forward_train first (once per backward)")
-        object.__setattr__(self, "_train_cache", None)
+        self._train_cache = None
         xp = get_array_module(c.proposals)
         dtype = c.proposals.dtype
         d_feats = [xp.zeros(s, dtype=dtype) for s in c.feat_shapes]   # dP2..dP6
