@@ -202,3 +202,27 @@ def test_errors(fn):
         fn(x, "boxes", 2)
     with pytest.raises(ValueError, match=r"boxes\[0\]"):
         fn(x, [np.zeros((1, 5))], 2)
+
+
+@pytest.mark.parametrize("path_name", ["dense", "window"])
+def test_larger_map_matches_torchvision(path_name, monkeypatch):
+    """A map taller than one band of the dense path (and RoIs spanning several bands)."""
+    torch = pytest.importorskip("torch")
+    tv = pytest.importorskip("torchvision")
+    monkeypatch.setattr(ra, "ROI_ALIGN_PATH", path_name)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 41, 37))
+    xs = np.sort(rng.uniform(-20, 37 * 8 + 20, (12, 2)), axis=1)
+    ys = np.sort(rng.uniform(-20, 41 * 8 + 20, (12, 2)), axis=1)
+    boxes = np.stack([rng.integers(0, 2, 12), xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], 1).astype(np.float64)
+    for sr, aligned in [(2, False), (-1, True)]:
+        out, cache = roi_align_forward(x, boxes, (7, 5), 1 / 8, sr, aligned)
+        d = rng.standard_normal(out.shape)
+        g = roi_align_backward(d, cache)
+        xt = torch.tensor(x, requires_grad=True)
+        ot = tv.ops.roi_align(xt, torch.tensor(boxes), (7, 5), 1 / 8, sr, aligned)
+        ot.backward(torch.tensor(d))
+        np.testing.assert_allclose(out, ot.detach().numpy(), rtol=0, atol=1e-10)
+        np.testing.assert_allclose(g, xt.grad.numpy(), rtol=0, atol=1e-10)
+        mx, mcache = roi_align_max_forward(x, boxes, (7, 5), 1 / 8, sr, aligned)
+        assert np.all(mx >= out - 1e-12)

@@ -314,49 +314,70 @@ def _separable_backward(dout, input_shape, b, Ay, oy, ey, Ax, ox, ex, chunks):
     return xp.ascontiguousarray(grad.reshape(N, H, W, C).transpose(0, 3, 1, 2))
 
 
+_BAND = 16  # rows per band of the dense path
+
+
+def _bands(Ay, H):
+    """Row bands ``(h0, h1)`` of the map and, per band, a (K,) mask of the RoIs whose weights
+    touch it (a RoI only needs the bands its rows fall in)."""
+    xp = get_array_module(Ay)
+    touched = (Ay != 0).any(axis=1)                                     # (K, H)
+    out = []
+    for h0 in range(0, H, _BAND):
+        h1 = min(H, h0 + _BAND)
+        out.append((h0, h1, touched[:, h0:h1].any(axis=1)))
+    return out
+
+
 def _dense_forward(input, b, Ay, Ax):
     """Dense path: ``out[k] = Ay[k] @ F[b_k] @ Ax[k].T`` with whole-axis Ay (K, R, H), Ax (K, Q, W).
 
-    Per image: ``T = Ax (K_n*Q, W) @ F_n (W, C*H)`` then a batched ``T[k] (Q*C, H) @ Ay[k].T``.
-    Pure matrix products, no gather; cost ~ K * Q * W * C * H multiply-adds, so it pays off when
-    the map is small compared with the RoIs (many RoIs covering a large part of a small map).
+    Per image and band of rows ``h0:h1``: ``T = Ax (K_n*Q, W) @ F_n[:, h0:h1] (W, C*bh)`` then a
+    batched ``T[k] (Q*C, bh) @ Ay[k, :, h0:h1].T``, summed over the bands a RoI touches. Pure matrix
+    products, no gather; cost ~ Q * W * C * (rows of the bands touched) multiply-adds per RoI, so it
+    pays off when RoIs are large compared with the map.
     """
     xp = get_array_module(input)
     N, C, H, W = input.shape
     K, R, _ = Ay.shape
     Q = Ax.shape[1]
-    out = xp.empty((K, Q, C, R), dtype=input.dtype)
-    step = max(1, _CHUNK_ELEMS // max(Q * C * H, 1))
-    for n in range(N):
-        idx = xp.nonzero(b == n)[0]
-        if idx.size == 0:
-            continue
-        Fw = input[n].transpose(2, 0, 1).reshape(W, C * H)
-        for s in range(0, int(idx.size), step):
-            sel = idx[s:s + step]
-            k = int(sel.size)
-            T = xp.matmul(Ax[sel].reshape(k * Q, W), Fw).reshape(k, Q * C, H)
-            out[sel] = xp.matmul(T, Ay[sel].transpose(0, 2, 1)).reshape(k, Q, C, R)
-    return out.transpose(0, 2, 3, 1)
+    out = xp.zeros((K, Q * C, R), dtype=input.dtype)
+    for h0, h1, hit in _bands(Ay, H):
+        bh = h1 - h0
+        step = max(1, _CHUNK_ELEMS // max(Q * C * bh, 1))
+        for n in range(N):
+            idx = xp.nonzero((b == n) & hit)[0]
+            if idx.size == 0:
+                continue
+            Fw = input[n, :, h0:h1, :].transpose(2, 0, 1).reshape(W, C * bh)
+            for s in range(0, int(idx.size), step):
+                sel = idx[s:s + step]
+                k = int(sel.size)
+                T = xp.matmul(Ax[sel].reshape(k * Q, W), Fw).reshape(k, Q * C, bh)
+                out[sel] += xp.matmul(T, Ay[sel][:, :, h0:h1].transpose(0, 2, 1))
+    return out.reshape(K, Q, C, R).transpose(0, 2, 3, 1)
 
 
 def _dense_backward(dout, input_shape, b, Ay, Ax):
-    """Transpose of :func:`_dense_forward` (no scatter: two matrix products per image)."""
+    """Transpose of :func:`_dense_forward` (no scatter: two matrix products per image and band)."""
     xp = get_array_module(dout)
     N, C, H, W = input_shape
     K, R, _ = Ay.shape
     Q = Ax.shape[1]
-    gw = xp.zeros((N, W, C * H), dtype=dout.dtype)
-    d = dout.transpose(0, 3, 1, 2)                                     # (K, Q, C, R)
-    step = max(1, _CHUNK_ELEMS // max(Q * C * H, 1))
-    for n in range(N):
-        idx = xp.nonzero(b == n)[0]
-        for s in range(0, int(idx.size), step):
-            sel = idx[s:s + step]
-            k = int(sel.size)
-            dT = xp.matmul(d[sel].reshape(k, Q * C, R), Ay[sel])        # (k, Q*C, H)
-            gw[n] += xp.matmul(Ax[sel].reshape(k * Q, W).T, dT.reshape(k * Q, C * H))
-    return xp.ascontiguousarray(gw.reshape(N, W, C, H).transpose(0, 2, 3, 1))
+    gw = xp.zeros((N, W, C, H), dtype=dout.dtype)
+    d = xp.ascontiguousarray(dout.transpose(0, 3, 1, 2)).reshape(K, Q * C, R)
+    for h0, h1, hit in _bands(Ay, H):
+        bh = h1 - h0
+        step = max(1, _CHUNK_ELEMS // max(Q * C * bh, 1))
+        for n in range(N):
+            idx = xp.nonzero((b == n) & hit)[0]
+            for s in range(0, int(idx.size), step):
+                sel = idx[s:s + step]
+                k = int(sel.size)
+                dT = xp.matmul(d[sel], Ay[sel][:, :, h0:h1])                      # (k, Q*C, bh)
+                g = xp.matmul(Ax[sel].reshape(k * Q, W).T, dT.reshape(k * Q, C * bh))
+                gw[n, :, :, h0:h1] += g.reshape(W, C, bh)
+    return xp.ascontiguousarray(gw.transpose(0, 2, 3, 1))
 
 
 # Which path: "auto" (cost model), "dense" or "window" (tests force each one).
