@@ -31,7 +31,8 @@ from .nn.checkpoint import load_checkpoint, save_checkpoint
 from .nn.optim import SGD, WarmupCosineLR, WarmupMultiStepLR, clip_grad_norm
 
 __all__ = ["TrainConfig", "RunConfig", "TrainingDiverged", "load_run_config", "build_dataset",
-           "train", "load_model", "plot_loss_curves", "RUN_PRESETS"]
+           "train", "load_model", "load_bundled_model", "plot_loss_curves", "RUN_PRESETS",
+           "BUNDLED_CHECKPOINT"]
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 
@@ -437,3 +438,18 @@ def load_model(checkpoint_path):
     model = MaskRCNN(rcfg.model, rng=np.random.default_rng(0))
     model.load_parameters({k: get_backend().asarray(v) for k, v in ck["params"].items()})
     return model, rcfg, ck["extra"] or {}
+
+
+#: Where the small trained checkpoint that ships with the package lives (used by the chapters).
+BUNDLED_CHECKPOINT = os.path.join(os.path.dirname(__file__), "checkpoints", "shapes.npz")
+
+
+def load_bundled_model():
+    """The shipped shapes checkpoint as ``(model, run_config, extra)``, or ``None`` if absent.
+
+    The chapters use it to show real detections without training first; see README for the
+    command that reproduces it.
+    """
+    if not os.path.isfile(BUNDLED_CHECKPOINT):
+        return None
+    return load_model(BUNDLED_CHECKPOINT)
