@@ -78,31 +78,34 @@ class _Layer(Module):
             raise type(e)(f"{self.describe()}: {e}") from e
 
 
-class Conv2d(_Layer):
-    """2-D convolution (cross-correlation), PyTorch layout: weight ``(Cout, Cin, kh, kw)``.
+class _ConvLayer(_Layer):
+    """What Conv2d and ConvTranspose2d share: hyper-parameters, initialisation, repr, backward.
 
-    ``init_std=None`` -> Kaiming normal, fan_out mode (as torchvision's ResNet); a float ->
-    ``N(0, init_std²)``. Bias starts at 0. Output size ``H' = (H + 2p - kh) // s + 1``.
+    Subclasses set ``_backward_op`` and ``_weight_shape(in_ch, out_ch, kh, kw)``.
     """
 
-    def __init__(self, in_ch, out_ch, kernel_size, stride=1, padding=0, bias=True, rng=None,
-                 dtype=np.float32, init_std=None):
+    _backward_op = None
+
+    def __init__(self, where, in_ch, out_ch, kernel_size, stride, padding, bias, rng, dtype, init_std):
         super().__init__()
-        where = "Conv2d"
         self.in_ch = check_positive_int(in_ch, "in_ch", where)
         self.out_ch = check_positive_int(out_ch, "out_ch", where)
         self.kernel_size = pair(kernel_size, "kernel_size", where)
         self.stride = pair(stride, "stride", where)
         self.padding = pair(padding, "padding", where, allow_zero=True)
         kh, kw = self.kernel_size
-        shape = (self.out_ch, self.in_ch, kh, kw)
-        if init_std is None:
+        shape = self._weight_shape(self.in_ch, self.out_ch, kh, kw)
+        if init_std is None:   # Kaiming normal, fan_out mode: fan_out = Cout * kh * kw for both layouts
             w = init.kaiming_normal(shape, fan_out=self.out_ch * kh * kw, rng=rng, dtype=dtype)
         else:
             w = init.normal(shape, init_std, rng=rng, dtype=dtype)
         self.add_param("weight", w)
         if bias:
             self.add_param("bias", init.zeros((self.out_ch,), dtype=dtype))
+
+    @staticmethod
+    def _weight_shape(in_ch, out_ch, kh, kw):
+        raise NotImplementedError
 
     def extra_repr(self):
         s = f"{self.in_ch}->{self.out_ch}, k={_fmt_pair(self.kernel_size)}"
@@ -111,6 +114,31 @@ class Conv2d(_Layer):
         if self.padding != (0, 0):
             s += f", p={_fmt_pair(self.padding)}"
         return s
+
+    def backward(self, dout):
+        dx, dw, db = type(self)._backward_op(dout, self._pop())
+        self._accumulate("weight", dw)
+        if "bias" in self.params:
+            self._accumulate("bias", db)
+        return dx
+
+
+class Conv2d(_ConvLayer):
+    """2-D convolution (cross-correlation), PyTorch layout: weight ``(Cout, Cin, kh, kw)``.
+
+    ``init_std=None`` -> Kaiming normal, fan_out mode (as torchvision's ResNet); a float ->
+    ``N(0, init_std²)``. Bias starts at 0. Output size ``H' = (H + 2p - kh) // s + 1``.
+    """
+
+    _backward_op = staticmethod(conv2d_backward)
+
+    def __init__(self, in_ch, out_ch, kernel_size, stride=1, padding=0, bias=True, rng=None,
+                 dtype=np.float32, init_std=None):
+        super().__init__("Conv2d", in_ch, out_ch, kernel_size, stride, padding, bias, rng, dtype, init_std)
+
+    @staticmethod
+    def _weight_shape(in_ch, out_ch, kh, kw):
+        return (out_ch, in_ch, kh, kw)
 
     def forward(self, x):
         self._check_input(x, 4, self.in_ch)
@@ -120,48 +148,25 @@ class Conv2d(_Layer):
         self._push(cache)
         return out
 
-    def backward(self, dout):
-        dx, dw, db = conv2d_backward(dout, self._pop())
-        self._accumulate("weight", dw)
-        if "bias" in self.params:
-            self._accumulate("bias", db)
-        return dx
 
-
-class ConvTranspose2d(_Layer):
+class ConvTranspose2d(_ConvLayer):
     """Transposed convolution, PyTorch layout: weight ``(Cin, Cout, kh, kw)``.
 
     Output size ``H' = (H - 1) s - 2p + kh + output_padding``. Init as :class:`Conv2d`
     (Kaiming fan_out with ``fan_out = Cout * kh * kw``, or ``N(0, init_std²)``).
     """
 
+    _backward_op = staticmethod(conv_transpose2d_backward)
+
     def __init__(self, in_ch, out_ch, kernel_size, stride=1, padding=0, output_padding=0, bias=True,
                  rng=None, dtype=np.float32, init_std=None):
-        super().__init__()
-        where = "ConvTranspose2d"
-        self.in_ch = check_positive_int(in_ch, "in_ch", where)
-        self.out_ch = check_positive_int(out_ch, "out_ch", where)
-        self.kernel_size = pair(kernel_size, "kernel_size", where)
-        self.stride = pair(stride, "stride", where)
-        self.padding = pair(padding, "padding", where, allow_zero=True)
-        self.output_padding = pair(output_padding, "output_padding", where, allow_zero=True)
-        kh, kw = self.kernel_size
-        shape = (self.in_ch, self.out_ch, kh, kw)
-        if init_std is None:
-            w = init.kaiming_normal(shape, fan_out=self.out_ch * kh * kw, rng=rng, dtype=dtype)
-        else:
-            w = init.normal(shape, init_std, rng=rng, dtype=dtype)
-        self.add_param("weight", w)
-        if bias:
-            self.add_param("bias", init.zeros((self.out_ch,), dtype=dtype))
+        super().__init__("ConvTranspose2d", in_ch, out_ch, kernel_size, stride, padding, bias, rng,
+                         dtype, init_std)
+        self.output_padding = pair(output_padding, "output_padding", "ConvTranspose2d", allow_zero=True)
 
-    def extra_repr(self):
-        s = f"{self.in_ch}->{self.out_ch}, k={_fmt_pair(self.kernel_size)}"
-        if self.stride != (1, 1):
-            s += f", s={_fmt_pair(self.stride)}"
-        if self.padding != (0, 0):
-            s += f", p={_fmt_pair(self.padding)}"
-        return s
+    @staticmethod
+    def _weight_shape(in_ch, out_ch, kh, kw):
+        return (in_ch, out_ch, kh, kw)
 
     def forward(self, x):
         self._check_input(x, 4, self.in_ch)
@@ -170,13 +175,6 @@ class ConvTranspose2d(_Layer):
                                    output_padding=self.output_padding)
         self._push(cache)
         return out
-
-    def backward(self, dout):
-        dx, dw, db = conv_transpose2d_backward(dout, self._pop())
-        self._accumulate("weight", dw)
-        if "bias" in self.params:
-            self._accumulate("bias", db)
-        return dx
 
 
 class Linear(_Layer):
