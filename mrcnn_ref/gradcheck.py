@@ -36,6 +36,21 @@ def _require_float64(x, name="x"):
         raise ValueError(f"gradient checks perturb {name} in place: pass a C-contiguous array")
 
 
+def _centered_differences(f: Callable[[], float], x, indices, h: float) -> np.ndarray:
+    """``(f(x + h e_i) - f(x - h e_i)) / 2h`` at each flat index i of ``x`` (perturbed in place)."""
+    flat = x.reshape(-1)   # a view: x is C-contiguous (checked by the callers)
+    values = np.empty(len(indices))
+    for j, i in enumerate(indices):
+        old = float(flat[i])
+        flat[i] = old + h
+        fp = float(f())
+        flat[i] = old - h
+        fm = float(f())
+        flat[i] = old
+        values[j] = (fp - fm) / (2.0 * h)
+    return values
+
+
 def numerical_gradient(f: Callable[[], float], x, h: float = 1e-6):
     """Centered-difference gradient of the scalar ``f()`` with respect to the array ``x``.
 
@@ -44,17 +59,8 @@ def numerical_gradient(f: Callable[[], float], x, h: float = 1e-6):
     """
     _require_float64(x)
     xp = get_array_module(x)
-    grad = xp.zeros_like(x)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = float(flat[i])
-        flat[i] = old + h
-        fp = float(f())
-        flat[i] = old - h
-        fm = float(f())
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2.0 * h)
-    return grad
+    values = _centered_differences(f, x, range(x.size), h)
+    return xp.asarray(values).reshape(x.shape)
 
 
 def numerical_gradient_sampled(f: Callable[[], float], x, num_samples: int = 50,
@@ -65,22 +71,12 @@ def numerical_gradient_sampled(f: Callable[[], float], x, num_samples: int = 50,
     Pass ``indices`` to choose them yourself.
     """
     _require_float64(x)
-    flat = x.reshape(-1)
     if indices is None:
         rng = np.random.default_rng(rng)
-        k = min(int(num_samples), flat.size)
-        indices = rng.choice(flat.size, size=k, replace=False)
+        k = min(int(num_samples), x.size)
+        indices = rng.choice(x.size, size=k, replace=False)
     indices = np.asarray(indices, dtype=np.int64)
-    values = np.empty(len(indices))
-    for j, i in enumerate(indices):
-        old = float(flat[i])
-        flat[i] = old + h
-        fp = float(f())
-        flat[i] = old - h
-        fm = float(f())
-        flat[i] = old
-        values[j] = (fp - fm) / (2.0 * h)
-    return indices, values
+    return indices, _centered_differences(f, x, indices, h)
 
 
 def rel_error(a, b) -> float:
