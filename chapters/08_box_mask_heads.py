@@ -74,7 +74,8 @@ def draw_box(ax, b, color="r", lw=1.2, alpha=1.0, ls="-"):
 # Sections 1–7 need only the library code; section 3 and section 8 also run a real network. If the
 # package ships a trained checkpoint (`mrcnn_ref/checkpoints/shapes.npz`, the "shapes" preset:
 # 128×128 images, 4 classes, 28×28 masks) we load it. Otherwise we train the "tiny" preset
-# (64×64 images, 7×7 mask RoIs → **14×14** masks) for a few seconds right here. **A briefly trained
+# (64×64 images, 7×7 mask RoIs → **14×14** masks) right here: a few seconds in smoke mode, about
+# two minutes otherwise. **A briefly trained
 # model's pictures are blurry and often wrong; they look much better with the bundled
 # checkpoint.** Nothing checked below depends on how good the model is.
 
@@ -84,7 +85,7 @@ if bundled is not None:
     model, run_cfg, _ = bundled
     source = "bundled checkpoint"
 else:
-    iters = 30 if SMOKE else 400
+    iters = 30 if SMOKE else 1500
     out_dir = tempfile.mkdtemp(prefix="ch08_")
     train({"preset": "tiny", "train": {"iterations": iters}}, out_dir=out_dir, progress=False,
           log=lambda *a, **k: None)
@@ -522,8 +523,8 @@ plt.tight_layout()
 plt.show()
 
 # %%
-det = model.predict(x_img, score_thresh=0.3)
-print(f"full predict(): {len(det['boxes'])} detections with score >= 0.3;",
+det = model.predict(x_img)
+print(f"full predict(): {len(det['boxes'])} detections with score >= {cfg.score_thresh};",
       "masks", det["masks"].shape, "(pasted into the image, one per detection)")
 
 # %% [markdown]
