@@ -204,3 +204,26 @@ def test_rpn_loss_matches_torchvision():
     (ro + rb).backward()
     np.testing.assert_allclose(d_obj, to.grad.numpy()[:, 0], rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(d_dlt, td.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+def test_anchor_scales_multiply_the_anchors_per_location():
+    from mrcnn_ref.model.config import load_config
+    from mrcnn_ref.model.mask_rcnn import MaskRCNN
+
+    shapes, strides = [(4, 4), (2, 2)], [8, 16]
+    one, _, c1 = pyramid_level_anchors(shapes, strides, (16, 32), (0.5, 1.0, 2.0))
+    two, _, c2 = pyramid_level_anchors(shapes, strides, (16, 32), (0.5, 1.0, 2.0), scales=(1.0, 2.0))
+    assert c2 == [2 * c for c in c1]
+    areas = np.unique(np.round((two[:, 2] - two[:, 0]) * (two[:, 3] - two[:, 1])))
+    np.testing.assert_allclose(areas, [16 ** 2, 32 ** 2, 64 ** 2])
+    cfg = load_config({"preset": "tiny", "anchor_scales": [1.0, 1.5]})
+    assert cfg.num_anchors_per_location == 6
+    model = MaskRCNN(cfg, rng=np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    img = rng.standard_normal((1, 3, 64, 64)).astype(np.float32)
+    masks = np.zeros((1, 64, 64), bool)
+    masks[0, 10:30, 12:40] = True
+    losses, total = model.forward_train(img, {"boxes": np.array([[12., 10., 40., 30.]], np.float32),
+                                              "labels": np.array([1]), "masks": masks}, rng=rng)
+    assert np.isfinite(total)
+    model.backward()

@@ -43,6 +43,7 @@ class MaskRCNNConfig:
     # --- anchors / RPN ---------------------------------------------------------------------
     anchor_sizes: tuple = (8, 16, 32, 64, 128)  # one size per level P2..P6 (strides 4..64)
     anchor_ratios: tuple = (0.5, 1.0, 2.0)    # height / width
+    anchor_scales: tuple = (1.0,)             # per level: sizes = size * scale (FPN: one; RetinaNet: 3)
     rpn_fg_iou: float = 0.7                   # anchor IoU >= this -> positive
     rpn_bg_iou: float = 0.3                   # anchor IoU < this -> negative
     rpn_batch_size: int = 256                 # anchors sampled per image
@@ -88,7 +89,7 @@ class MaskRCNNConfig:
 
     @property
     def num_anchors_per_location(self) -> int:
-        return len(self.anchor_ratios)
+        return len(self.anchor_ratios) * len(self.anchor_scales)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -132,6 +133,8 @@ class MaskRCNNConfig:
         if len(self.anchor_sizes) != 5:
             raise ValueError(f"{where}: anchor_sizes needs one size per FPN level P2..P6 (5 values), "
                              f"got {list(self.anchor_sizes)}")
+        if len(self.anchor_scales) < 1 or any(not s > 0 for s in self.anchor_scales):
+            raise ValueError(f"{where}: anchor_scales must be positive numbers, got {list(self.anchor_scales)}")
         if len(self.anchor_ratios) < 1 or any(not r > 0 for r in self.anchor_ratios):
             raise ValueError(f"{where}: anchor_ratios must be positive numbers, got {list(self.anchor_ratios)}")
         if len(self.box_weights) != 4:

@@ -119,7 +119,7 @@ class MaskRCNN(Module):
             cfg = self.config
             self._anchor_cache[key] = pyramid_level_anchors(
                 [f.shape[2:] for f in features], PYRAMID_STRIDES, cfg.anchor_sizes, cfg.anchor_ratios,
-                dtype=features[0].dtype, xp=xp)
+                dtype=features[0].dtype, xp=xp, scales=cfg.anchor_scales)
         return self._anchor_cache[key]
 
     def _roi_kwargs(self):

@@ -113,17 +113,20 @@ def unflatten_rpn_grads(d_obj, d_dlt, shapes):
     return d_objs, d_dlts
 
 
-def pyramid_level_anchors(feature_shapes, strides, sizes, ratios, dtype=np.float32, xp=np):
+def pyramid_level_anchors(feature_shapes, strides, sizes, ratios, dtype=np.float32, xp=np, scales=(1.0,)):
     """Anchors of every level, ordered (y, x, a) within a level, levels concatenated.
 
-    feature_shapes: [(H_l, W_l)]; strides: [s_l]; sizes: one anchor size per level; ratios: h/w.
+    feature_shapes: [(H_l, W_l)]; strides: [s_l]; sizes: one base anchor size per level; ratios:
+    h/w; scales: multipliers of the level's size (FPN uses one; RetinaNet three per octave,
+    1, 2^(1/3), 2^(2/3)), so A = len(ratios) * len(scales) anchors per location.
     Returns ``(anchors (T, 4), level_of_anchor (T,) int64, counts per level list)``.
     """
     from ..anchors import generate_anchors, grid_anchors  # noqa: PLC0415
 
     all_anchors, level_ids, counts = [], [], []
     for lvl, ((h, w), stride, size) in enumerate(zip(feature_shapes, strides, sizes)):
-        base = generate_anchors((size,), tuple(ratios), dtype=dtype, xp=xp)   # (A, 4) centred at 0
+        level_sizes = tuple(float(size) * float(sc) for sc in scales)
+        base = generate_anchors(level_sizes, tuple(ratios), dtype=dtype, xp=xp)  # (A, 4) centred at 0
         a = grid_anchors(base, (int(h), int(w)), stride)                      # (h*w*A, 4), (y, x, a)
         all_anchors.append(a)
         level_ids.append(xp.full(a.shape[0], lvl, dtype=xp.int64))
