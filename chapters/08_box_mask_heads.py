@@ -238,7 +238,9 @@ print(inspect.getsource(multilevel_roi_forward))
 
 # %% [markdown]
 # We run the model's backbone on an image and pool RoIs of many sizes. Each RoI's output must be
-# exactly what plain `roi_align` gives on the level it was assigned to.
+# exactly what plain `roi_align` gives on the level it was assigned to. With the model's own
+# canonical size (224 for "shapes": every RoI on P2, see section 2) and once more with canonical
+# size 32, which spreads the same RoIs over the levels.
 
 # %%
 img_size = run_cfg.train.image_size
@@ -257,15 +259,24 @@ rois5 = np.concatenate([np.zeros((n_r, 1)), rois], axis=1).astype(np.float32)
 kw = dict(strides=(4, 8, 16, 32), roi_op="roi_align", sampling_ratio=cfg.roi_sampling_ratio,
           aligned=cfg.roi_aligned, canonical_size=cfg.roi_canonical_size,
           canonical_level=cfg.roi_canonical_level)
-pooled, _ = multilevel_roi_forward(feats[:4], rois5, cfg.box_roi_size, **kw)
-levels = assign_fpn_levels(rois, canonical_size=cfg.roi_canonical_size,
-                           canonical_level=cfg.roi_canonical_level)
-print("pooled:", pooled.shape, " levels used:", np.bincount(levels, minlength=6)[2:].tolist(),
-      "(RoIs on P2..P5)")
-ref = np.stack([roi_align(feats[lv - 2], rois5[i:i + 1], cfg.box_roi_size, 1.0 / 2 ** lv,
-                          sampling_ratio=cfg.roi_sampling_ratio, aligned=cfg.roi_aligned)[0]
-                for i, lv in enumerate(levels)])
-print("max |multilevel - roi_align on the assigned level| =", float(np.abs(pooled - ref).max()))
+
+
+def pool_and_reference(canonical_size):
+    """Multi-level RoIAlign, and the same RoIs pooled one by one with roi_align on their level."""
+    k_ = {**kw, "canonical_size": canonical_size}
+    out, _ = multilevel_roi_forward(feats[:4], rois5, cfg.box_roi_size, **k_)
+    lv_ = assign_fpn_levels(rois, canonical_size=canonical_size, canonical_level=cfg.roi_canonical_level)
+    ref_ = np.stack([roi_align(feats[lv - 2], rois5[i:i + 1], cfg.box_roi_size, 1.0 / 2 ** lv,
+                               sampling_ratio=cfg.roi_sampling_ratio, aligned=cfg.roi_aligned)[0]
+                     for i, lv in enumerate(lv_)])
+    print(f"canonical size {canonical_size:5g}: pooled {out.shape}, RoIs on P2..P5 = "
+          f"{np.bincount(lv_, minlength=6)[2:].tolist()}, max |multilevel - roi_align on the "
+          f"assigned level| = {float(np.abs(out - ref_).max()):.2e}")
+    return out, ref_, lv_
+
+
+pooled, ref, _ = pool_and_reference(cfg.roi_canonical_size)           # the model's setting
+pooled32, ref32, levels32 = pool_and_reference(32.0)                    # spread over the levels
 
 # %% [markdown]
 # ## 4. The box head
@@ -560,6 +571,8 @@ assert np.all(assign_fpn_levels(np.array([[0, 0, 60.0, 60.0], [0, 0, 10.0, 10.0]
 # 3. multi-level RoIAlign = RoIAlign on the assigned level
 assert pooled.shape == (n_r, feats[0].shape[1], cfg.box_roi_size, cfg.box_roi_size)
 np.testing.assert_allclose(pooled, ref, rtol=1e-5, atol=1e-6)
+np.testing.assert_allclose(pooled32, ref32, rtol=1e-5, atol=1e-6)
+assert len(np.unique(levels32)) >= 2, levels32                  # several levels really used
 
 # 4./5. head output shapes
 assert logits.shape == (n_r, K) and deltas.shape == (n_r, 4 * K)
