@@ -493,9 +493,11 @@ plt.show()
 # channel of the class the box head chose. Below: a validation image's objects (using their gt
 # boxes as RoIs, so the picture does not depend on the detector finding them), the RoI crop, and
 # the sigmoid probabilities of every foreground class channel. The gt class's channel is framed
-# in green. With the bundled checkpoint the gt-class masks are crisp; with a briefly trained model
-# they are blobs. Other classes' channels are *not* trained on these RoIs, so they may show
-# anything (often a similar silhouette: the features say "object here" for every class).
+# in green. With a well-trained model (the bundled checkpoint) the gt-class channel is the sharp
+# silhouette of the object; a briefly trained model gives blobs and checkerboard patterns (the
+# 2×2 stride-2 deconvolution's signature before it has learned much). Other classes' channels are
+# *not* trained on these RoIs, so they may show anything (often a similar silhouette: the features
+# say "object here" for every class).
 
 # %%
 names_by_label = {c["id"]: c["name"] for c in val.categories}
