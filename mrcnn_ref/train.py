@@ -32,7 +32,7 @@ from .nn.optim import SGD, WarmupCosineLR, WarmupMultiStepLR, clip_grad_norm
 
 __all__ = ["TrainConfig", "RunConfig", "TrainingDiverged", "load_run_config", "build_dataset",
            "train", "load_model", "load_bundled_model", "plot_loss_curves", "RUN_PRESETS",
-           "BUNDLED_CHECKPOINT"]
+           "BUNDLED_CHECKPOINT", "export_model"]
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 
@@ -453,3 +453,14 @@ def load_bundled_model():
     if not os.path.isfile(BUNDLED_CHECKPOINT):
         return None
     return load_model(BUNDLED_CHECKPOINT)
+
+
+def export_model(checkpoint_path, out_path):
+    """Write a parameters-only copy of a training checkpoint (no optimizer state, no loss history
+    beyond its last value) — what ships as :data:`BUNDLED_CHECKPOINT`. Returns ``out_path``."""
+    ck = load_checkpoint(os.fspath(checkpoint_path))
+    extra = dict(ck["extra"] or {})
+    history = extra.pop("history", None) or {}
+    extra["final_loss"] = (history.get("total") or [None])[-1]
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    return save_checkpoint(out_path, ck["params"], None, config=ck["config"], rng_state=None, extra=extra)

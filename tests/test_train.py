@@ -128,3 +128,17 @@ def test_coco_dataset_with_an_empty_image_trains(tmp_path):
                                        "coco_images": str(img_dir), "iterations": 6, "hflip": False}}
     h = train(cfg, str(tmp_path / "run"), seed=0, progress=False, log=_quiet)
     assert len(h["total"]) == 6 and np.all(np.isfinite(h["total"]))
+
+
+def test_export_model_is_small_and_loads(tmp_path):
+    out = tmp_path / "run"
+    train({**TINY, "train": {**TINY["train"], "iterations": 2}}, str(out), progress=False, log=_quiet)
+    from mrcnn_ref.train import export_model
+
+    dst = export_model(str(out / "model.npz"), str(tmp_path / "bundled" / "shapes.npz"))
+    assert os.path.getsize(dst) < 0.6 * os.path.getsize(out / "model.npz")
+    model, rcfg, extra = load_model(dst)
+    assert extra["iteration"] == 2 and "history" not in extra
+    ref, _, _ = load_model(str(out / "model.npz"))
+    for k, v in ref.named_parameters().items():
+        np.testing.assert_array_equal(model.named_parameters()[k], v)
