@@ -18,11 +18,12 @@ channels or pixels, by one of two algorithms (both built on sparse tables: the m
 of length L is the max of two overlapping ranges of length ``2**floor(log2 L)``):
 
 * **2-D sparse table with packed keys** (NumPy, float32/float16; the fast path, see
-  :func:`_forward_sparse2d`). Each feature value and its pixel index are packed into one uint64
-  *key* whose unsigned order is "larger value first, then smaller pixel index", so a plain
+  :func:`_forward_sparse2d`). Each feature value and its pixel index are packed into one int64
+  *key* whose integer order is "larger value first, then earlier pixel", so a plain
   ``np.maximum`` of keys yields the max *and* torchvision's first-in-row-major argmax. Tables of
   the max over every ``2**jy × 2**jx`` block of the map are built level by level with contiguous
-  ``np.maximum`` calls; each bin is then the max of four overlapping blocks (four row gathers).
+  ``np.maximum`` calls; each bin is then the max of (up to) four overlapping blocks: four row
+  gathers of C keys. (A float64 value fills all 64 bits, leaving no room for the position.)
 * **Separable range max** (any dtype and backend; float64 and CuPy use it, see
   :func:`_forward_separable`): 1-D tables along columns for the whole map, then 1-D tables along
   the rows of each RoI's window, carrying the winner's position next to the value.
