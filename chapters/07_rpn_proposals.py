@@ -35,7 +35,9 @@
 # — clip or drop boxes outside the image, drop degenerate ones, run NMS, keep the top 300.
 #
 # Two things change with FPN (Mask R-CNN): the head is **shared** by all pyramid levels, and each
-# level has anchors of **one** size (three ratios), so A = 3 anchors per position. We also use one
+# level has anchors of **one** size (three ratios), so A = 3 anchors per position. (The shapes model
+# refines this with three scales per level, 1, 2^(1/3), 2^(2/3), as RetinaNet does — A = 9 — because
+# shapes objects of 10–60 px otherwise get a single positive anchor at IoU ≈ 0.5.) We also use one
 # logit per anchor with a sigmoid instead of two scores with a softmax (they are equivalent: a
 # two-way softmax of `(a, b)` is `sigmoid(a - b)`), as torchvision does.
 #
@@ -102,7 +104,8 @@ cfg = model.config
 IMAGE_SIZE = run_cfg.train.image_size
 val = build_dataset(run_cfg.train, "val", num_images=6 if SMOKE else 50)
 print(f"model '{cfg.name}': {IMAGE_SIZE}x{IMAGE_SIZE} images, anchor sizes {cfg.anchor_sizes} on "
-      f"P2..P6 (strides {PYRAMID_STRIDES}), ratios {cfg.anchor_ratios}; {len(val)} validation images")
+      f"P2..P6 (strides {PYRAMID_STRIDES}), scales {cfg.anchor_scales}, ratios {cfg.anchor_ratios}; "
+      f"{len(val)} validation images")
 
 # %% [markdown]
 # ## 1. The RPN head, shared across the pyramid
@@ -174,7 +177,8 @@ for k in joint:
 # %% [markdown]
 # ## 2. Anchors per level and the layout of the outputs
 #
-# Each level `l` of stride `s_l` gets anchors of one size (`anchor_sizes[l]`) and the three ratios,
+# Each level `l` of stride `s_l` gets anchors of size `anchor_sizes[l]` (times each of
+# `anchor_scales`) and the three ratios,
 # at every position of its H_l × W_l grid (chapter 02), listed in the order (y, x, a).
 # `flatten_rpn_outputs` turns the head's maps into the *same* order: objectness (N, A, H, W) →
 # (N, H·W·A) and deltas (N, 4A, H, W) → (N, A, 4, H, W) → (N, H·W·A, 4); the levels are
@@ -187,7 +191,8 @@ print(inspect.getsource(flatten_rpn_outputs))
 # %%
 feat_shapes = [tuple(f.shape[2:]) for f in feats]
 anchors, anchor_level, counts = pyramid_level_anchors(feat_shapes, PYRAMID_STRIDES, cfg.anchor_sizes,
-                                                      cfg.anchor_ratios, dtype=np.float32)
+                                                      cfg.anchor_ratios, dtype=np.float32,
+                                                      scales=cfg.anchor_scales)
 obj_flat, dlt_flat = flatten_rpn_outputs(obj_levels, dlt_levels)     # (1, T), (1, T, 4)
 print(f"{'level':5s} {'stride':>6s} {'grid':>7s} {'anchor size':>11s} {'anchors':>8s}")
 for name, s, (h, w), size, n in zip(LEVELS, PYRAMID_STRIDES, feat_shapes, cfg.anchor_sizes, counts):
@@ -324,6 +329,7 @@ def rpn_outputs(sample):
         model.zero_grad()
     shapes = [tuple(f.shape[2:]) for f in feats]
     anc, lvl, cnt = pyramid_level_anchors(shapes, PYRAMID_STRIDES, cfg.anchor_sizes, cfg.anchor_ratios,
+                                          scales=cfg.anchor_scales,
                                           dtype=np.float32)
     o, d = flatten_rpn_outputs(obj_l, dlt_l)
     return obj_l, o[0], d[0], anc, lvl, cnt, shapes
@@ -540,7 +546,7 @@ feats = model.backbone(x)
 obj_l, dlt_l = model.rpn(feats)
 o, d = flatten_rpn_outputs(obj_l, dlt_l)
 anc, _, cnt = pyramid_level_anchors([f.shape[2:] for f in feats], PYRAMID_STRIDES, cfg.anchor_sizes,
-                                    cfg.anchor_ratios, dtype=np.float32)
+                                    cfg.anchor_ratios, dtype=np.float32, scales=cfg.anchor_scales)
 t_rpn = rpn_targets(anc, s["boxes"].astype(np.float32), rng=np.random.default_rng(7), fg_iou=cfg.rpn_fg_iou,
                 bg_iou=cfg.rpn_bg_iou, batch_size=cfg.rpn_batch_size,
                 positive_fraction=cfg.rpn_positive_fraction)

@@ -178,7 +178,12 @@ def config_from_dict(d: dict) -> MaskRCNNConfig:
 
 
 PRESETS: dict[str, dict] = {
-    "shapes": dict(name="shapes"),
+    # Shapes objects are 10-60 px: anchors 16..256 on P2..P6 with three scales per level
+    # (1, 2^(1/3), 2^(2/3), as RetinaNet) give every object several positive anchors. With the FPN
+    # paper's single 8..128 size per level most objects had one positive anchor at IoU ~0.5, the RPN
+    # box regression hardly learned, and mask AP after 5,000 iterations was 0.58 instead of 0.69.
+    "shapes": dict(name="shapes", anchor_sizes=(16, 32, 64, 128, 256),
+                   anchor_scales=(1.0, 1.26, 1.587)),                # ~2^(0, 1/3, 2/3)
     "tiny": dict(
         name="tiny", num_classes=3, image_size=64,
         backbone_overrides=dict(stem_channels=8, widths=(8, 8, 16, 16), fpn_channels=16, gn_groups=4),
