@@ -48,7 +48,6 @@
 # %%
 import inspect
 import os
-import tempfile
 import time
 
 import matplotlib.pyplot as plt
@@ -63,7 +62,7 @@ from mrcnn_ref.model.rpn import (RPNHead, flatten_rpn_outputs, generate_proposal
                                  rpn_targets, unflatten_rpn_grads)
 from mrcnn_ref.nms import batched_nms
 from mrcnn_ref.ops.losses import sigmoid
-from mrcnn_ref.train import build_dataset, load_bundled_model, load_model, train
+from mrcnn_ref.train import build_dataset, bundled_or_trained_model
 
 SMOKE = os.environ.get("MRCNN_REF_SMOKE") == "1"
 LEVELS = ["P2", "P3", "P4", "P5", "P6"]
@@ -87,19 +86,8 @@ def draw_box(ax, b, color="r", lw=1.0, alpha=1.0, ls="-"):
 # holds for any model, trained or not.
 
 # %%
-bundled = load_bundled_model()
-if bundled is not None:
-    model, run_cfg, extra = bundled
-    print("using the bundled checkpoint", run_cfg.name)
-else:
-    iters = 30 if SMOKE else 1500
-    out_dir = tempfile.mkdtemp(prefix="mrcnn_ch07_")
-    t0 = time.perf_counter()
-    train({"preset": "tiny", "train": {"iterations": iters, "checkpoint_every": iters}},
-          out_dir=out_dir, progress=False)
-    model, run_cfg, extra = load_model(os.path.join(out_dir, "model.npz"))
-    print(f"no bundled checkpoint: trained the tiny run for {iters} iterations "
-          f"({time.perf_counter() - t0:.1f} s)")
+model, run_cfg, source = bundled_or_trained_model(30 if SMOKE else 1500)
+print("model:", source)
 cfg = model.config
 IMAGE_SIZE = run_cfg.train.image_size
 val = build_dataset(run_cfg.train, "val", num_images=6 if SMOKE else 50)

@@ -38,7 +38,6 @@
 # %%
 import inspect
 import os
-import tempfile
 import time
 
 import matplotlib.pyplot as plt
@@ -55,7 +54,7 @@ from mrcnn_ref.model.targets import match_proposals, proposal_targets, sample_ro
 from mrcnn_ref.ops.losses import (mask_loss_backward, mask_loss_forward, mask_loss_softmax_backward,
                                   mask_loss_softmax_forward, sigmoid)
 from mrcnn_ref.ops.roi_align import roi_align
-from mrcnn_ref.train import build_dataset, load_bundled_model, load_model, train
+from mrcnn_ref.train import build_dataset, bundled_or_trained_model
 
 SMOKE = os.environ.get("MRCNN_REF_SMOKE") == "1"
 print("smoke mode:", SMOKE)
@@ -80,17 +79,7 @@ def draw_box(ax, b, color="r", lw=1.2, alpha=1.0, ls="-"):
 # checkpoint.** Nothing checked below depends on how good the model is.
 
 # %%
-bundled = load_bundled_model()
-if bundled is not None:
-    model, run_cfg, _ = bundled
-    source = "bundled checkpoint"
-else:
-    iters = 30 if SMOKE else 1500
-    out_dir = tempfile.mkdtemp(prefix="ch08_")
-    train({"preset": "tiny", "train": {"iterations": iters}}, out_dir=out_dir, progress=False,
-          log=lambda *a, **k: None)
-    model, run_cfg, _ = load_model(os.path.join(out_dir, "model.npz"))
-    source = f"tiny preset trained for {iters} iterations in this notebook"
+model, run_cfg, source = bundled_or_trained_model(30 if SMOKE else 1500)
 cfg = model.config
 print(f"model: {source}; K = {cfg.num_classes} classes (with background), "
       f"mask {cfg.mask_size}x{cfg.mask_size}, image size {run_cfg.train.image_size}")

@@ -53,7 +53,7 @@ from mrcnn_ref.data.shapes import CATEGORIES, ShapesDataset
 from mrcnn_ref.evaluate import (box_iou_xywh, coco_evaluate, detections_to_coco_results, mask_iou,
                                 summarize, write_coco_results)
 from mrcnn_ref.inference import evaluate_model, predict_image
-from mrcnn_ref.train import load_bundled_model, load_model, train
+from mrcnn_ref.train import bundled_or_trained_model
 from mrcnn_ref.visualize import draw_detections
 
 SMOKE = os.environ.get("MRCNN_REF_SMOKE") == "1"
@@ -484,16 +484,8 @@ for mode in ("fill the cap", "100 extra"):
 # the bundled checkpoint. Nothing below depends on the model being good.
 
 # %%
-bundled = load_bundled_model()
-if bundled is not None:
-    model, run_cfg, _ = bundled
-    print("using the bundled checkpoint")
-else:
-    train_dir = tempfile.mkdtemp()
-    train({"preset": "tiny", "train": {"iterations": TRAIN_ITERS}}, out_dir=train_dir,
-          progress=False, log=lambda *a, **k: None)
-    model, run_cfg, _ = load_model(os.path.join(train_dir, "model.npz"))
-    print(f"no bundled checkpoint: trained the tiny config for {TRAIN_ITERS} iterations")
+model, run_cfg, source = bundled_or_trained_model(TRAIN_ITERS)
+print("model:", source)
 
 val = ShapesDataset("val", num_images=N_MODEL, image_size=run_cfg.train.image_size)
 eval_dir = tempfile.mkdtemp()

@@ -32,7 +32,7 @@ from .nn.optim import SGD, WarmupCosineLR, WarmupMultiStepLR, clip_grad_norm
 
 __all__ = ["TrainConfig", "RunConfig", "TrainingDiverged", "load_run_config", "build_dataset",
            "train", "load_model", "load_bundled_model", "plot_loss_curves", "RUN_PRESETS",
-           "BUNDLED_CHECKPOINT", "export_model"]
+           "BUNDLED_CHECKPOINT", "export_model", "bundled_or_trained_model"]
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 
@@ -468,3 +468,25 @@ def export_model(checkpoint_path, out_path):
     extra["final_loss"] = (history.get("total") or [None])[-1]
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     return save_checkpoint(out_path, ck["params"], None, config=ck["config"], rng_state=None, extra=extra)
+
+
+def bundled_or_trained_model(fallback_iterations: int):
+    """The shipped shapes model, or — when none ships — the ``"tiny"`` run trained right now for
+    ``fallback_iterations`` in a temporary folder. Returns ``(model, run_config, description)``.
+
+    The chapters use it so they always have *some* trained model to show.
+    """
+    bundled = load_bundled_model()
+    if bundled is not None:
+        model, rcfg, _ = bundled
+        return model, rcfg, f"the bundled checkpoint ({BUNDLED_CHECKPOINT})"
+    import tempfile  # noqa: PLC0415
+
+    out_dir = tempfile.mkdtemp(prefix="mrcnn_ref_tiny_")
+    t0 = time.perf_counter()
+    train({"preset": "tiny", "train": {"iterations": int(fallback_iterations),
+                                       "checkpoint_every": int(fallback_iterations)}},
+          out_dir=out_dir, progress=False, log=lambda *a, **k: None)
+    model, rcfg, _ = load_model(os.path.join(out_dir, "model.npz"))
+    return model, rcfg, (f"no bundled checkpoint: the tiny run trained for {fallback_iterations} "
+                         f"iterations just now ({time.perf_counter() - t0:.1f} s)")

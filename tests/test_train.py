@@ -142,3 +142,13 @@ def test_export_model_is_small_and_loads(tmp_path):
     ref, _, _ = load_model(str(out / "model.npz"))
     for k, v in ref.named_parameters().items():
         np.testing.assert_array_equal(model.named_parameters()[k], v)
+
+
+def test_bundled_or_trained_model_falls_back_to_a_quick_tiny_run(monkeypatch, tmp_path):
+    import mrcnn_ref.train as tr
+
+    model, rcfg, how = tr.bundled_or_trained_model(2)
+    assert ("bundled" in how) == os.path.isfile(tr.BUNDLED_CHECKPOINT)
+    monkeypatch.setattr(tr, "BUNDLED_CHECKPOINT", str(tmp_path / "absent.npz"))
+    model, rcfg, how = tr.bundled_or_trained_model(2)
+    assert "tiny run trained for 2 iterations" in how and rcfg.model.name == "tiny"
