@@ -42,14 +42,12 @@ Two details follow pycocotools on purpose, so the numbers agree with ``COCO.load
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from collections import defaultdict
 
 import numpy as np
 
+from ._io import write_json
 from .backend import asnumpy
 from .data.rle import polygons_to_mask, rle_area, rle_decode, rle_encode, rle_to_bbox
 
@@ -491,15 +489,4 @@ def write_coco_results(results: list, path) -> str:
     if not isinstance(results, list):
         raise TypeError(f"write_coco_results: results must be a list of dicts, got "
                         f"{type(results).__name__}")
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(results, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return write_json(results, path)

@@ -7,24 +7,17 @@ masks) and ``metrics.json`` (``{"bbox": {...}, "segm": {...}}`` from the project
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import numpy as np
 
+from ._io import write_json
 from .backend import asnumpy, get_backend
 from .data.transforms import to_model_input
 from .evaluate import coco_evaluate, detections_to_coco_results, summarize, write_coco_results
 
 __all__ = ["evaluate_model", "predict_image", "read_image"]
-
-
-def _write_json(obj, path):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def _predict_sample(model, image_uint8):
@@ -63,10 +56,10 @@ def evaluate_model(model, dataset, out_dir, num_images=None, label_to_cat_id=Non
         results += detections_to_coco_results(sample["image_id"], det["boxes"], det["scores"],
                                               det["labels"], det["masks"], category_ids=label_to_cat_id)
     seconds = (time.perf_counter() - t0) / n
-    _write_json(gt, os.path.join(out_dir, "ground_truth.json"))
+    write_json(gt, os.path.join(out_dir, "ground_truth.json"), indent=1)
     write_coco_results(results, os.path.join(out_dir, "predictions.json"))
     metrics = {"bbox": coco_evaluate(gt, results, "bbox"), "segm": coco_evaluate(gt, results, "segm")}
-    _write_json(metrics, os.path.join(out_dir, "metrics.json"))
+    write_json(metrics, os.path.join(out_dir, "metrics.json"), indent=1)
     for kind in ("bbox", "segm"):
         log(f"{kind}:\n{summarize(metrics[kind])}")
     return {**metrics, "seconds_per_image": seconds}

@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from ._io import write_json
 from .backend import get_array_module, get_backend
 from .model.config import MaskRCNNConfig, load_config
 from .nn.checkpoint import load_checkpoint, save_checkpoint
@@ -315,8 +316,7 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
         history = {k: list(v) for k, v in ck["extra"]["history"].items()}
         log(f"resumed from {path} at iteration {start}")
 
-    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump({**rcfg.to_dict(), "seed": seed}, f, indent=2)
+    write_json({**rcfg.to_dict(), "seed": seed}, os.path.join(out_dir, "config.json"), indent=2)
 
     xp = get_backend()
     n_img = tcfg.images_per_batch
@@ -392,10 +392,7 @@ def _prune_checkpoints(out_dir, keep):
 
 
 def _write_history(out_dir, history):
-    tmp = os.path.join(out_dir, ".history.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(history, f)
-    os.replace(tmp, os.path.join(out_dir, "history.json"))
+    write_json(history, os.path.join(out_dir, "history.json"))
 
 
 def plot_loss_curves(history: dict, path: str, smooth: int = 25):

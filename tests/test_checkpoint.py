@@ -131,3 +131,16 @@ def test_not_a_checkpoint(tmp_path):
 def test_non_json_config_rejected(tmp_path):
     with pytest.raises(TypeError, match="config"):
         save_checkpoint(tmp_path / "x.npz", _params(), config={"f": object()})
+
+
+def test_write_json_is_atomic(tmp_path):
+    from mrcnn_ref._io import atomic_write, write_json
+
+    p = tmp_path / "out.json"
+    write_json({"a": 1}, p)
+    with pytest.raises(RuntimeError):
+        with atomic_write(p) as f:
+            f.write('{"half": ')
+            raise RuntimeError("crash mid-write")
+    assert p.read_text() == '{"a": 1}'
+    assert [x.name for x in tmp_path.iterdir()] == ["out.json"]

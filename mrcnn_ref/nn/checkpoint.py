@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import numpy as np
 
+from .._io import atomic_write
 from ..backend import asnumpy
 
 __all__ = ["save_checkpoint", "load_checkpoint", "FORMAT_VERSION", "CheckpointError"]
@@ -104,19 +104,8 @@ def save_checkpoint(path, params: dict, optimizer_state: dict | None = None, con
     }
     entries["meta"] = np.array(json.dumps(meta))
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **entries)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path, binary=True) as f:
+        np.savez(f, **entries)
     return path
 
 

@@ -296,7 +296,7 @@ def _separable_backward(dout, input_shape, b, Ay, oy, ey, Ax, ox, ex, chunks):
     K = Ay.shape[0]
     if K == 0:
         return grad.reshape(N, C, H, W)
-    R, Q = Ay.shape[1], Ax.shape[1]
+    R = Ay.shape[1]
     d = dout.transpose(0, 2, 3, 1)                                                # (K, R, Q, C)
     for sel in chunks:
         sel_x = xp.asarray(sel)
@@ -320,7 +320,6 @@ _BAND = 16  # rows per band of the dense path
 def _bands(Ay, H):
     """Row bands ``(h0, h1)`` of the map and, per band, a (K,) mask of the RoIs whose weights
     touch it (a RoI only needs the bands its rows fall in)."""
-    xp = get_array_module(Ay)
     touched = (Ay != 0).any(axis=1)                                     # (K, H)
     out = []
     for h0 in range(0, H, _BAND):
