@@ -55,3 +55,13 @@ def pair(v, name: str, where: str, allow_zero: bool = False) -> tuple[int, int]:
                 check_positive_int(v[1], name, where, allow_zero))
     n = check_positive_int(v, name, where, allow_zero)
     return (n, n)
+
+
+def check_same_shape(a, b, name_a: str, name_b: str, where: str, floating: bool = True, note: str = ""):
+    """Validate two arrays that must have the same shape (elementwise ops, losses)."""
+    check_array(a, name_a, where, floating=floating)
+    check_array(b, name_b, where, floating=floating)
+    if a.shape != b.shape:
+        raise ValueError(f"{where}: {name_a} and {name_b} must have the same shape{note}, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    return a, b

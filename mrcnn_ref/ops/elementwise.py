@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from .._checks import check_array
+from .._checks import check_same_shape
 
 __all__ = ["add_forward", "add_backward"]
 
@@ -15,11 +15,7 @@ def add_forward(a, b):
     Returns ``(out, cache)`` (the cache is empty: the backward needs nothing).
     """
     where = "add_forward"
-    check_array(a, "a", where, floating=True)
-    check_array(b, "b", where, floating=True)
-    if a.shape != b.shape:
-        raise ValueError(f"{where}: a and b must have the same shape (no broadcasting), got "
-                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    check_same_shape(a, b, "a", "b", where, note=" (no broadcasting)")
     if a.dtype != b.dtype:
         raise TypeError(f"{where}: a and b must have the same dtype, got {a.dtype} and {b.dtype}")
     return a + b, None

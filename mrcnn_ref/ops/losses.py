@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import check_array
+from .._checks import check_array, check_same_shape
 from ..backend import get_array_module
 
 __all__ = [
@@ -237,11 +237,7 @@ def smooth_l1_forward(pred, target, beta=1.0, weights=None, reduction="sum", nor
     Returns ``(loss, cache)``.
     """
     where = "smooth_l1_forward"
-    check_array(pred, "pred", where, floating=True)
-    check_array(target, "target", where, floating=True)
-    if pred.shape != target.shape:
-        raise ValueError(f"{where}: pred and target must have the same shape, got "
-                         f"{tuple(pred.shape)} and {tuple(target.shape)}")
+    check_same_shape(pred, target, "pred", "target", where)
     if isinstance(beta, bool) or not isinstance(beta, (int, float, np.integer, np.floating)):
         raise TypeError(f"{where}: beta must be a number >= 0, got {type(beta).__name__}")
     beta = float(beta)
@@ -318,11 +314,7 @@ def bce_with_logits_forward(logits, targets, weights=None, reduction="mean", nor
     Returns ``(loss, cache)``.
     """
     where = "bce_with_logits_forward"
-    check_array(logits, "logits", where, floating=True)
-    check_array(targets, "targets", where, floating=True)
-    if logits.shape != targets.shape:
-        raise ValueError(f"{where}: logits and targets must have the same shape, got "
-                         f"{tuple(logits.shape)} and {tuple(targets.shape)}")
+    check_same_shape(logits, targets, "logits", "targets", where)
     _check_reduction(reduction, where)
     normalizer = _check_normalizer(normalizer, reduction, where)
     w = _check_weights(weights, logits, where)
