@@ -33,7 +33,7 @@ from .nn.optim import SGD, WarmupCosineLR, WarmupMultiStepLR, clip_grad_norm
 
 __all__ = ["TrainConfig", "RunConfig", "TrainingDiverged", "load_run_config", "build_dataset",
            "train", "load_model", "load_bundled_model", "plot_loss_curves", "RUN_PRESETS",
-           "BUNDLED_CHECKPOINT", "export_model", "bundled_or_trained_model"]
+           "BUNDLED_CHECKPOINT", "export_model", "bundled_or_trained_model", "summarize_history"]
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 
@@ -456,13 +456,35 @@ def load_bundled_model():
     return load_model(BUNDLED_CHECKPOINT)
 
 
+def summarize_history(history: dict, max_points: int = 500) -> dict:
+    """A compact loss history: the mean of each loss (and of lr, seconds) over consecutive windows
+    of ``ceil(n / max_points)`` iterations (the last window may be shorter). Returns ``{"iteration": [...], key: [...]}`` where
+    ``iteration`` is the last iteration (1-based) of each window."""
+    keys = [k for k in (*LOSS_KEYS, "total", "lr", "seconds") if history.get(k)]
+    if not keys:
+        return {}
+    n = min(len(history[k]) for k in keys)
+    if n == 0:
+        return {}
+    step = max(1, math.ceil(n / int(max_points)))
+    ends = list(range(step, n, step)) + [n]
+    out = {"iteration": ends}
+    for k in keys:
+        v = np.asarray(history[k][:n], dtype=np.float64)
+        out[k] = [float(f"{v[a:b].mean():.6g}") for a, b in zip([0, *ends[:-1]], ends)]
+    return out
+
+
 def export_model(checkpoint_path, out_path):
-    """Write a parameters-only copy of a training checkpoint (no optimizer state, no loss history
-    beyond its last value) — what ships as :data:`BUNDLED_CHECKPOINT`. Returns ``out_path``."""
+    """Write a parameters-only copy of a training checkpoint — what ships as
+    :data:`BUNDLED_CHECKPOINT`: no optimizer state, and the loss history reduced by
+    :func:`summarize_history` (``extra["loss_history"]``, ≤ 500 points per loss, for plotting).
+    Returns ``out_path``."""
     ck = load_checkpoint(os.fspath(checkpoint_path))
     extra = dict(ck["extra"] or {})
     history = extra.pop("history", None) or {}
     extra["final_loss"] = (history.get("total") or [None])[-1]
+    extra["loss_history"] = summarize_history(history)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     return save_checkpoint(out_path, ck["params"], None, config=ck["config"], rng_state=None, extra=extra)
 

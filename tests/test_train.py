@@ -5,6 +5,8 @@ import shutil
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mrcnn_ref.nn.checkpoint import load_checkpoint
 from mrcnn_ref.train import TrainingDiverged, load_model, load_run_config, train
@@ -139,9 +141,29 @@ def test_export_model_is_small_and_loads(tmp_path):
     assert os.path.getsize(dst) < 0.6 * os.path.getsize(out / "model.npz")
     model, rcfg, extra = load_model(dst)
     assert extra["iteration"] == 2 and "history" not in extra
-    ref, _, _ = load_model(str(out / "model.npz"))
+    ref, _, ref_extra = load_model(str(out / "model.npz"))
     for k, v in ref.named_parameters().items():
         np.testing.assert_array_equal(model.named_parameters()[k], v)
+    # two iterations, up to 500 points: the summary keeps each iteration (to 6 digits)
+    assert extra["loss_history"]["iteration"] == [1, 2]
+    assert extra["loss_history"]["total"] == pytest.approx(ref_extra["history"]["total"], rel=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 2000), max_points=st.integers(1, 600))
+def test_summarize_history_windows_cover_every_iteration_once(n, max_points):
+    from mrcnn_ref.train import LOSS_KEYS, summarize_history
+
+    rng = np.random.default_rng(n)
+    hist = {k: list(rng.uniform(0, 3, n)) for k in (*LOSS_KEYS, "total")}
+    s = summarize_history(hist, max_points=max_points)
+    ends = s["iteration"]
+    assert ends[-1] == n and len(ends) <= max_points and ends == sorted(set(ends))
+    sizes = np.diff([0, *ends])
+    assert sizes.sum() == n and len(set(sizes[:-1].tolist())) <= 1 and sizes[-1] <= sizes[0]
+    # the size-weighted mean of the window means is the mean of the whole history
+    for k in hist:
+        assert np.dot(sizes, s[k]) / n == pytest.approx(np.mean(hist[k]), rel=1e-5)
 
 
 def test_bundled_or_trained_model_falls_back_to_a_quick_tiny_run(monkeypatch, tmp_path):
