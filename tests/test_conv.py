@@ -139,6 +139,30 @@ def test_dx_methods_agree(case):
     np.testing.assert_allclose(a, conv_module._input_grad(*args), rtol=0, atol=1e-12)
 
 
+@given(conv_cases())
+def test_cached_and_rebuilt_columns_give_the_same_gradients(case):
+    """CACHE_COLUMNS only trades memory for time: the backward is identical either way, and with
+    it off the cache holds the padded input, not the (kh*kw times larger) column matrix."""
+    x, w, b = _arrays(case)
+    grads, kinds = [], []
+    for flag in (True, False):
+        old = conv_module.CACHE_COLUMNS
+        conv_module.CACHE_COLUMNS = flag
+        try:
+            out, cache = conv2d_forward(x, w, b, case["s"], case["p"])
+        finally:
+            conv_module.CACHE_COLUMNS = old
+        kinds.append(cache[0][0])
+        dout = np.random.default_rng(case["seed"] + 2).standard_normal(out.shape)
+        grads.append(conv2d_backward(dout, cache))
+    assert kinds == ["cols", "xpad"]
+    for a, c in zip(*grads):
+        if a is None:
+            assert c is None
+        else:
+            np.testing.assert_array_equal(a, c)
+
+
 @pytest.mark.parametrize("method", ["transposed", "col2im"])
 def test_each_dx_method_gradchecks(method, monkeypatch):
     monkeypatch.setattr(conv_module, "DX_METHOD", method)
