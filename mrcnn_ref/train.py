@@ -396,13 +396,14 @@ def _write_history(out_dir, history):
 
 
 def plot_loss_curves(history: dict, path: str, smooth: int = 25):
-    """Save a PNG with each loss (moving average over ``smooth`` iterations) and the total."""
-    import matplotlib  # noqa: PLC0415
+    """Save a PNG with each loss (moving average over ``smooth`` iterations) and the total.
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    Draws on a standalone :class:`matplotlib.figure.Figure` (no pyplot), so it neither switches
+    the global backend nor leaves a figure open — a notebook keeps showing its own plots."""
+    from matplotlib.figure import Figure  # noqa: PLC0415
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for k in (*LOSS_KEYS, "total"):
         v = np.asarray(history.get(k, []), dtype=float)
         if v.size == 0:
@@ -419,7 +420,6 @@ def plot_loss_curves(history: dict, path: str, smooth: int = 25):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

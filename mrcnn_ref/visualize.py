@@ -69,17 +69,17 @@ def draw_detections(image, boxes, labels=None, scores=None, masks=None, class_na
 
 
 def save_detections(path, image, det: dict, class_names=None, title=None):
-    """Write a PNG of ``image`` with the detections dict (boxes, labels, scores, masks)."""
-    import matplotlib  # noqa: PLC0415
+    """Write a PNG of ``image`` with the detections dict (boxes, labels, scores, masks).
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    Uses a standalone :class:`matplotlib.figure.Figure` (no pyplot): the global backend and the
+    open pyplot figures are left alone."""
+    from matplotlib.figure import Figure  # noqa: PLC0415
 
     h, w = np.asarray(asnumpy(image)).shape[:2]
-    fig, ax = plt.subplots(figsize=(max(4, w / 40), max(4, h / 40)))
+    fig = Figure(figsize=(max(4, w / 40), max(4, h / 40)))
+    ax = fig.subplots()
     draw_detections(image, det["boxes"], det.get("labels"), det.get("scores"), det.get("masks"),
                     class_names=class_names, ax=ax, title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -174,3 +174,32 @@ def test_bundled_or_trained_model_falls_back_to_a_quick_tiny_run(monkeypatch, tm
     monkeypatch.setattr(tr, "BUNDLED_CHECKPOINT", str(tmp_path / "absent.npz"))
     model, rcfg, how = tr.bundled_or_trained_model(2)
     assert "tiny run trained for 2 iterations" in how and rcfg.model.name == "tiny"
+
+
+def test_plots_leave_the_matplotlib_backend_and_pyplot_alone(tmp_path):
+    """Writing the loss curves / a detections PNG must not switch a notebook's backend (which
+    would silence its later plt.show()) nor leave pyplot figures open."""
+    import matplotlib
+
+    from mrcnn_ref.train import plot_loss_curves
+    from mrcnn_ref.visualize import save_detections
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        import matplotlib.pyplot as plt
+
+        n_open = len(plt.get_fignums())
+        hist = {"total": [3.0, 2.0, 1.5], "loss_mask": [1.0, 0.7, 0.5]}
+        a = plot_loss_curves(hist, str(tmp_path / "loss.png"))
+        image = np.zeros((32, 40, 3), np.uint8)
+        det = {"boxes": np.array([[2.0, 3.0, 20.0, 25.0]]), "labels": np.array([1]),
+               "scores": np.array([0.9]), "masks": np.ones((1, 32, 40), bool)}
+        b = save_detections(str(tmp_path / "det.png"), image, det)
+        assert matplotlib.get_backend() == "svg"
+        assert len(plt.get_fignums()) == n_open
+        for path in (a, b):
+            with open(path, "rb") as f:
+                assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    finally:
+        matplotlib.use(before)
