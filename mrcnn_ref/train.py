@@ -337,12 +337,19 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
                 if tcfg.hflip:
                     sample = random_hflip(sample, rng)
                 image = xp.asarray(to_model_input(sample))[None]
-                losses, total = model.forward_train(image, _sample_targets(sample, xp), rng=rng)
+
+                def diverged(what):
+                    return TrainingDiverged(
+                        f"{what} at iteration {it}; training stopped before the update. The last good "
+                        f"checkpoint in {out_dir} is kept ({_latest_checkpoint(out_dir) or 'none written yet'}). "
+                        "Try a lower base_lr.")
+
+                try:
+                    losses, total = model.forward_train(image, _sample_targets(sample, xp), rng=rng)
+                except FloatingPointError as e:          # MaskRCNN's NonFiniteOutputs
+                    raise diverged(str(e)) from e
                 if not math.isfinite(total):
-                    raise TrainingDiverged(
-                        f"loss became {total} at iteration {it} ({losses}); training stopped before "
-                        f"the update. The last good checkpoint in {out_dir} is kept "
-                        f"({_latest_checkpoint(out_dir) or 'none written yet'}). Try a lower base_lr.")
+                    raise diverged(f"loss became {total} ({losses})")
                 model.backward()
                 for k in LOSS_KEYS:
                     totals[k] += losses[k] / n_img

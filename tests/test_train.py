@@ -84,6 +84,16 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert len(json.loads((out / "history.json").read_text())["total"]) == 5
 
 
+@pytest.mark.parametrize("lr", [3.0, 10.0, 300.0])
+def test_exploding_weights_stop_with_training_diverged(tmp_path, lr):
+    """With a huge lr and no clipping the weights blow up: depending on the lr, the first sign is a
+    NaN loss or inf RPN deltas (which proposals cannot decode). Either way: TrainingDiverged."""
+    cfg = {**TINY, "train": {**TINY["train"], "base_lr": lr, "warmup_iters": 0, "clip_grad_norm": 0.0,
+                             "iterations": 30}}
+    with pytest.raises(TrainingDiverged, match="training stopped before the update"):
+        train(cfg, str(tmp_path / "run"), seed=0, progress=False, log=_quiet)
+
+
 def test_run_config_files_and_errors(tmp_path):
     p = tmp_path / "cfg.json"
     p.write_text(json.dumps({"preset": "tiny", "train": {"iterations": 3}, "model": {"mask_loss": "softmax"}}))

@@ -43,7 +43,7 @@ from .rpn import (RPNHead, flatten_rpn_outputs, generate_proposals, pyramid_leve
                   rpn_loss_backward, rpn_loss_forward, rpn_targets, unflatten_rpn_grads)
 from .targets import proposal_targets
 
-__all__ = ["MaskRCNN", "LOSS_NAMES", "build_backbone"]
+__all__ = ["MaskRCNN", "LOSS_NAMES", "build_backbone", "NonFiniteOutputs"]
 
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 PYRAMID_STRIDES = (4, 8, 16, 32, 64)      # P2..P6
@@ -58,6 +58,11 @@ def build_backbone(config: MaskRCNNConfig, rng, dtype=np.float32):
     factory = {"resnet_fpn_tiny": bb.resnet_fpn_tiny, "resnet50_fpn": bb.resnet50_fpn}[config.backbone]
     net = factory(rng=rng, dtype=dtype, **config.backbone_overrides)
     return net, int(net.out_channels)
+
+
+class NonFiniteOutputs(FloatingPointError):
+    """The network produced NaN/inf values before a loss could be computed (the weights have
+    diverged). ``train`` turns it into ``TrainingDiverged``."""
 
 
 class _Cache:
@@ -188,6 +193,10 @@ class MaskRCNN(Module):
         obj_levels, dlt_levels = self.rpn(feats)
         c.obj_shapes = [o.shape for o in obj_levels]
         obj, dlt = flatten_rpn_outputs(obj_levels, dlt_levels)     # (1, T), (1, T, 4)
+        if not (bool(xp.isfinite(obj).all()) and bool(xp.isfinite(dlt).all())):
+            # decoding inf deltas into proposals would fail deep inside; say what happened instead
+            raise NonFiniteOutputs(f"{where}: the RPN produced NaN/inf objectness or box deltas "
+                                   "(the weights have diverged)")
         anchors, _, counts = self._anchors(feats)
         rpn_t = rpn_targets(anchors, gt_boxes, rng=rng, fg_iou=cfg.rpn_fg_iou, bg_iou=cfg.rpn_bg_iou,
                             batch_size=cfg.rpn_batch_size, positive_fraction=cfg.rpn_positive_fraction)
