@@ -41,7 +41,6 @@ import tempfile
 import textwrap
 import time
 
-import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -66,20 +65,13 @@ print("smoke mode:", SMOKE)
 T0 = time.perf_counter()
 
 
-NOTEBOOK_BACKEND = matplotlib.get_backend()
-
-
 def quiet(*args, **kwargs):
     """A `log` function for train() that prints nothing."""
 
 
 def run_train(config, out_dir, log=quiet, **kwargs):
-    """train() without progress bar or log lines. train() writes loss_curves.png through
-    matplotlib's Agg backend, which replaces the notebook's; we switch back so figures still show."""
-    try:
-        return train(config, out_dir=out_dir, progress=False, log=log, **kwargs)
-    finally:
-        plt.switch_backend(NOTEBOOK_BACKEND)
+    """train() without progress bar or log lines."""
+    return train(config, out_dir=out_dir, progress=False, log=log, **kwargs)
 
 
 # %% [markdown]
@@ -533,7 +525,6 @@ print("all checks passed")
 print(inspect.signature(predict_image))
 print(inspect.signature(draw_detections))
 model, run_cfg, source = bundled_or_trained_model(FALLBACK_ITERS)
-plt.switch_backend(NOTEBOOK_BACKEND)        # in case it trained (see run_train)
 is_bundled = bundled is not None
 print("model:", source)
 val = ShapesDataset(split="val", num_images=N_CHECK, image_size=run_cfg.train.image_size)
