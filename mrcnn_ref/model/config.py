@@ -182,8 +182,14 @@ PRESETS: dict[str, dict] = {
     # (1, 2^(1/3), 2^(2/3), as RetinaNet) give every object several positive anchors. With the FPN
     # paper's single 8..128 size per level most objects had one positive anchor at IoU ~0.5, the RPN
     # box regression hardly learned, and mask AP after 5,000 iterations was 0.58 instead of 0.69.
+    # 128-px images with 1-4 objects need far fewer proposals and RoIs than COCO: 500 boxes per
+    # level into the training NMS (not 2,000), 256 proposals kept (not 512) and 64 sampled RoIs
+    # per image (matterport's shapes config uses 32) made an iteration ~1.6x faster at the same
+    # mask AP after 3,000 iterations.
     "shapes": dict(name="shapes", anchor_sizes=(16, 32, 64, 128, 256),
-                   anchor_scales=(1.0, 1.26, 1.587)),                # ~2^(0, 1/3, 2/3)
+                   anchor_scales=(1.0, 1.26, 1.587),                 # ~2^(0, 1/3, 2/3)
+                   rpn_pre_nms_top_n_train=500, rpn_post_nms_top_n_train=256,
+                   box_batch_size_per_image=64),
     "tiny": dict(
         name="tiny", num_classes=3, image_size=64,
         backbone_overrides=dict(stem_channels=8, widths=(8, 8, 16, 16), fpn_channels=16, gn_groups=4),
