@@ -44,6 +44,7 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 
+from mrcnn_ref import parallel
 from mrcnn_ref.data.shapes import CATEGORIES, ShapesDataset
 from mrcnn_ref.evaluate import mask_iou
 from mrcnn_ref.inference import predict_image
@@ -82,14 +83,17 @@ def run_train(config, out_dir, log=quiet, **kwargs):
 # `mrcnn_ref.train.train` is the whole training procedure; `mrcnn-ref train` calls it. Read the
 # `for it in range(start, tcfg.iterations)` loop first. In every iteration it
 #
-# 1. makes a fresh random generator `default_rng([seed, it])` — every random choice of the
-#    iteration (which image, the flip, the sampled anchors and RoIs) comes from it, so a run is
-#    reproducible and can be resumed exactly (section 5);
-# 2. asks the schedule for this iteration's learning rate;
-# 3. zeroes the gradients, then for each of the `images_per_batch` images (1 by default): draws an
-#    image, flips it horizontally with probability ½ (the seed on Fast R-CNN:
-#    *只采用50%随机水平翻转的方式扩充数据集*, "the only augmentation is a 50 % random horizontal
-#    flip"), runs `forward_train` (the five losses) and `backward` (which *adds* to the gradients);
+# 1. asks the schedule for this iteration's learning rate;
+# 2. zeroes the gradients, then for each of the `images_per_batch` images `j` (function `compute`):
+#    makes a fresh random generator `default_rng([seed, it, j])` — every random choice for that
+#    image (which image, the flip, the sampled anchors and RoIs) comes from it, so a run is
+#    reproducible and can be resumed exactly (section 5) — draws an image, flips it horizontally
+#    with probability ½ (the seed on Fast R-CNN: *只采用50%随机水平翻转的方式扩充数据集*, "the only
+#    augmentation is a 50 % random horizontal flip"), runs `forward_train` (the five losses) and
+#    `backward` (which *adds* to the gradients);
+# 3. with `workers > 1`, some of those images are computed at the same time by forked worker
+#    processes (data parallelism, below), whose gradients are added to this process's in a fixed
+#    order;
 # 4. averages the gradients over the images, checks that they are finite, clips their global norm
 #    and lets SGD update the parameters in place;
 # 5. records the losses, the lr and the time, and writes a checkpoint every `checkpoint_every`
@@ -106,7 +110,7 @@ print(inspect.getsource(train))
 # |---|---|---|
 # | `loss_objectness` | binary cross-entropy of the RPN's object/background logit | the sampled anchors (≤ 256 per image) |
 # | `loss_rpn_box_reg` | smooth L1 of the RPN's box deltas | the positive sampled anchors |
-# | `loss_classifier` | softmax cross-entropy over the K classes (background included) | the sampled RoIs (≤ 128 per image, ≤ 25 % foreground) |
+# | `loss_classifier` | softmax cross-entropy over the K classes (background included) | the sampled RoIs (`box_batch_size_per_image`: 64 per image in the shapes preset, ≤ 25 % foreground) |
 # | `loss_box_reg` | smooth L1 of the class-specific box deltas, true class only | the foreground RoIs |
 # | `loss_mask` | per-pixel sigmoid cross-entropy of the true class's mask | the foreground RoIs |
 #
@@ -116,14 +120,30 @@ print(inspect.getsource(train))
 print("LOSS_KEYS =", LOSS_KEYS)
 
 # %% [markdown]
-# ### One image per step, and the learning rate
+# ### Two images per step, two processes, and the learning rate
 #
 # The paper trains with 16 images per step (2 on each of 8 GPUs), lr 0.02, momentum 0.9 and weight
-# decay 0.0001. On a CPU we take **one image per step** (`images_per_batch = 1`): each step is
-# cheap, and we make many of them. A smaller batch gives a noisier gradient, and the "linear
-# scaling rule" (Goyal et al., 2017: scale the lr with the batch size) says the lr should drop with
-# it. The shapes preset uses a base lr of 0.005 for one image per step — chosen by measurement,
-# as the comment next to the presets in `mrcnn_ref/train.py` records:
+# decay 0.0001. On a 2-core CPU the shapes preset takes **two images per step, one in each of two
+# processes** (`images_per_batch = 2`, `workers = 2`) with 64 sampled RoIs per image — the
+# Fast R-CNN mini-batch the seed (004) describes in chapter 08 (2 images × 64 RoIs), and the
+# paper's "2 images on each GPU" in miniature. Our model is small, so one step is many small array operations that a second BLAS
+# thread hardly speeds up; two processes, each on its own image, nearly double the images per
+# second, and the mask AP after a fixed time grows with the number of images seen. A smaller batch
+# gives a noisier gradient, and the "linear scaling rule" (Goyal et al., 2017: scale the lr with the
+# batch size) says the lr should drop with it: 0.02 for 16 images would be 0.0025 for 2; by
+# measurement 0.005 per image (0.01 for the two) trains fastest here, as the comment next to the
+# presets in `mrcnn_ref/train.py` records:
+
+# %% [markdown]
+# How the two processes cooperate (`mrcnn_ref.parallel`): the parameters are moved into one block
+# of shared memory *before* the worker is forked, so both processes read the same weights; each
+# step the worker gets its image indices, runs forward and backward on its own copy of the model,
+# writes its gradients into a shared buffer and replies with its losses. Only the main process
+# updates the weights, and only while the worker waits for its next job.
+
+# %%
+print(inspect.getsource(parallel.share_parameters))
+print(inspect.getsource(parallel._worker_loop))
 
 # %%
 print(json.dumps(RUN_PRESETS, indent=1))

@@ -184,8 +184,8 @@ PRESETS: dict[str, dict] = {
     # box regression hardly learned, and mask AP after 5,000 iterations was 0.58 instead of 0.69.
     # 128-px images with 1-4 objects need far fewer proposals and RoIs than COCO: 500 boxes per
     # level into the training NMS (not 2,000), 256 proposals kept (not 512) and 64 sampled RoIs
-    # per image (matterport's shapes config uses 32) made an iteration ~1.6x faster at the same
-    # mask AP after 3,000 iterations.
+    # per image (Fast R-CNN's 2 images x 64 RoIs; matterport's shapes config uses 32) made an
+    # iteration ~1.6x faster at the same mask AP after 3,000 iterations.
     "shapes": dict(name="shapes", anchor_sizes=(16, 32, 64, 128, 256),
                    anchor_scales=(1.0, 1.26, 1.587),                 # ~2^(0, 1/3, 2/3)
                    rpn_pre_nms_top_n_train=500, rpn_post_nms_top_n_train=256,
