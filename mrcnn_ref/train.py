@@ -131,11 +131,12 @@ RUN_PRESETS: dict[str, dict] = {
     # Measured on this project's 2-core CPU (README "Training status"). Mask AP grows with the
     # number of images seen (1 image/step: 0.61 after 3,000 steps, 0.71 after 5,000, 0.77 after
     # 9,000), so the recipe maximises images per second: two processes (workers), one image each
-    # per step, lr 0.01 (= 0.005 per image; with one image per step 0.005 and 0.01 gave the same AP
-    # after 3,000 steps, 0.02 trained badly, 0.0025 slower). 9,000 such steps took 15 min 17 s
-    # (segm AP 0.79), so the preset stops at 8,500 to stay within the 15-minute budget.
+    # per step. 9,000 such steps took 15 min 17 s on a slow day, so the preset stops at 8,500 to
+    # stay within the 15-minute budget. lr: with 2 images per step, 8,500 steps, 0.02 gave segm AP
+    # 0.827 / bbox 0.822 and 0.01 gave 0.816 / 0.819 (one image per step: 0.005 and 0.01 equal
+    # after 3,000 steps, 0.02 trained badly, 0.0025 slower).
     "shapes": {"model": {"preset": "shapes"},
-               "train": {"base_lr": 0.01, "images_per_batch": 2, "workers": 2, "iterations": 8500,
+               "train": {"base_lr": 0.02, "images_per_batch": 2, "workers": 2, "iterations": 8500,
                          "checkpoint_every": 1000}},
     "tiny": {"model": {"preset": "tiny", "num_classes": 4},
              "train": {"num_train_images": 16, "image_size": 64, "iterations": 20,
