@@ -126,13 +126,14 @@ print("LOSS_KEYS =", LOSS_KEYS)
 # decay 0.0001. On a 2-core CPU the shapes preset takes **two images per step, one in each of two
 # processes** (`images_per_batch = 2`, `workers = 2`) with 64 sampled RoIs per image — the
 # Fast R-CNN mini-batch the seed (004) describes in chapter 08 (2 images × 64 RoIs), and the
-# paper's "2 images on each GPU" in miniature. Our model is small, so one step is many small array operations that a second BLAS
-# thread hardly speeds up; two processes, each on its own image, nearly double the images per
-# second, and the mask AP after a fixed time grows with the number of images seen. A smaller batch
-# gives a noisier gradient, and the "linear scaling rule" (Goyal et al., 2017: scale the lr with the
-# batch size) says the lr should drop with it: 0.02 for 16 images would be 0.0025 for 2; by
-# measurement 0.005 per image (0.01 for the two) trains fastest here, as the comment next to the
-# presets in `mrcnn_ref/train.py` records:
+# paper's "2 images on each GPU" in miniature. Our model is small, so one step is many small
+# array operations that a second BLAS thread hardly speeds up; two processes, each on its own
+# image, nearly double the images per second, and the mask AP after a fixed time grows with the
+# number of images seen. A smaller batch gives a noisier gradient, and the "linear scaling rule"
+# (Goyal et al., 2017: scale the lr with the batch size) says the lr should drop with it: 0.02 for
+# 16 images would be 0.0025 for 2. By measurement a larger one works better here: 0.02 for the two
+# images trained a little better than 0.01 (with one image per step, 0.02 trained badly), as the
+# comment next to the presets in `mrcnn_ref/train.py` records:
 
 # %% [markdown]
 # How the two processes cooperate (`mrcnn_ref.parallel`): the parameters are moved into one block
