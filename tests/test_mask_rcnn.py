@@ -201,7 +201,7 @@ def test_overfit_one_image_fast():
 
 @pytest.mark.slow
 def test_overfit_one_image_recovers_instances():
-    totals, sample, out, _ = overfit_one_image(200)
+    totals, sample, out, _ = overfit_one_image(300)
     assert np.mean(totals[-10:]) < 0.05 * np.mean(totals[:3])
     for gmask, glabel in zip(sample["masks"], sample["labels"]):
         ious = [_mask_iou(gmask, pm) if pl == glabel else 0.0
