@@ -361,6 +361,12 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
             model.backward()
         return out
 
+    def diverged(what, it):
+        return TrainingDiverged(
+            f"{what} at iteration {it}; training stopped before the update. The last good "
+            f"checkpoint in {out_dir} is kept ({_latest_checkpoint(out_dir) or 'none written yet'}). "
+            "Try a lower base_lr.")
+
     # process w handles the images j = w, w + n_proc, ...; process 0 is this one
     jobs_of = [list(range(w, n_img, n_proc)) for w in range(n_proc)]
     workers = None
@@ -380,13 +386,6 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
             t0 = time.perf_counter()
             lr = float(schedule(it))
             model.zero_grad()
-
-            def diverged(what):
-                return TrainingDiverged(
-                    f"{what} at iteration {it}; training stopped before the update. The last good "
-                    f"checkpoint in {out_dir} is kept ({_latest_checkpoint(out_dir) or 'none written yet'}). "
-                    "Try a lower base_lr.")
-
             try:
                 for w in range(1, n_proc):
                     workers.submit(w - 1, (it, jobs_of[w]))
@@ -394,11 +393,11 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
                 for w in range(1, n_proc):
                     results += workers.collect(w - 1)
             except FloatingPointError as e:          # MaskRCNN's NonFiniteOutputs
-                raise diverged(str(e)) from e
+                raise diverged(str(e), it) from e
             totals = dict.fromkeys(LOSS_KEYS, 0.0)
             for losses, total in results:
                 if not math.isfinite(total):
-                    raise diverged(f"loss became {total} ({losses})")
+                    raise diverged(f"loss became {total} ({losses})", it)
                 for k in LOSS_KEYS:
                     totals[k] += losses[k] / n_img
             grads = model.named_grads()
