@@ -146,19 +146,13 @@ def test_matches_torchvision(problem, path_name):
 
 
 # ------------------------------------------------------------------ gradient checks
-@given(roi_problem())
-def test_gradcheck_avg(problem):
+@pytest.mark.parametrize("fwd, bwd", [(roi_align_forward, roi_align_backward),
+                                      (roi_align_max_forward, roi_align_max_backward)],
+                         ids=["avg", "max"])
+@given(problem=roi_problem())
+def test_gradcheck(fwd, bwd, problem):
     x, boxes, out_size, scale, sr, aligned = problem
-    err = check_op_gradients(roi_align_forward, roi_align_backward, [x, boxes],
-                             kwargs=dict(output_size=out_size, spatial_scale=scale, sampling_ratio=sr,
-                                         aligned=aligned))
-    assert err[0] <= 1e-6
-
-
-@given(roi_problem())
-def test_gradcheck_max(problem):
-    x, boxes, out_size, scale, sr, aligned = problem
-    err = check_op_gradients(roi_align_max_forward, roi_align_max_backward, [x, boxes],
+    err = check_op_gradients(fwd, bwd, [x, boxes],
                              kwargs=dict(output_size=out_size, spatial_scale=scale, sampling_ratio=sr,
                                          aligned=aligned))
     assert err[0] <= 1e-6

@@ -471,6 +471,15 @@ def _align_core_backward(dout, cache):
 # ----------------------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------------------
+def _checked_forward(where, mode, input, boxes, output_size, spatial_scale, sampling_ratio, aligned):
+    """Validate the public arguments, place the RoIs, and run the shared core in ``mode``
+    ("avg" for RoIAlign, "max" for RoIAlign-max)."""
+    _, rois, (ph, pw), scale = _check_roi_args(input, boxes, output_size, spatial_scale, where)
+    sampling_ratio, aligned = _check_sampling(sampling_ratio, aligned, where)
+    y1, h, x1, w = _roi_geometry(rois, scale, aligned)
+    return _align_core_forward(input, rois, ph, pw, y1, h, x1, w, sampling_ratio, mode)
+
+
 def roi_align_forward(input, boxes, output_size, spatial_scale: float = 1.0, sampling_ratio: int = -1,
                       aligned: bool = False):
     """RoIAlign (average of bilinear samples per bin), forward.
@@ -482,11 +491,8 @@ def roi_align_forward(input, boxes, output_size, spatial_scale: float = 1.0, sam
     so that pixel centres sit at half-integers (the "correct" alignment of Detectron2).
     Returns ``(out (K, C, PH, PW), cache)``.
     """
-    where = "roi_align_forward"
-    xp, rois, (ph, pw), scale = _check_roi_args(input, boxes, output_size, spatial_scale, where)
-    sampling_ratio, aligned = _check_sampling(sampling_ratio, aligned, where)
-    y1, h, x1, w = _roi_geometry(rois, scale, aligned)
-    return _align_core_forward(input, rois, ph, pw, y1, h, x1, w, sampling_ratio, "avg")
+    return _checked_forward("roi_align_forward", "avg", input, boxes, output_size, spatial_scale,
+                            sampling_ratio, aligned)
 
 
 def roi_align_backward(dout, cache):
@@ -509,11 +515,8 @@ def roi_align_max_forward(input, boxes, output_size, spatial_scale: float = 1.0,
     sample in (iy, ix) row-major order; a RoI with no samples (zero size with ``aligned=True``)
     gives 0. Returns ``(out (K, C, PH, PW), cache)``.
     """
-    where = "roi_align_max_forward"
-    xp, rois, (ph, pw), scale = _check_roi_args(input, boxes, output_size, spatial_scale, where)
-    sampling_ratio, aligned = _check_sampling(sampling_ratio, aligned, where)
-    y1, h, x1, w = _roi_geometry(rois, scale, aligned)
-    return _align_core_forward(input, rois, ph, pw, y1, h, x1, w, sampling_ratio, "max")
+    return _checked_forward("roi_align_max_forward", "max", input, boxes, output_size, spatial_scale,
+                            sampling_ratio, aligned)
 
 
 def roi_align_max_backward(dout, cache):
