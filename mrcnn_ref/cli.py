@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coco-annotations", default=None, help="evaluate on a COCO instances JSON instead")
     p.add_argument("--coco-images", default=None, help="image folder for --coco-annotations")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_set_option(p)
 
     p = sub.add_parser("predict", help="draw the detections on one image",
                        description="Detect instances in IMAGE and write a PNG with masks, boxes, "
@@ -54,7 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a model.npz written by train")
     p.add_argument("--out", required=True, help="the PNG to write")
     p.add_argument("--score-thresh", type=float, default=0.5, help="minimum score shown (default 0.5)")
+    _add_set_option(p)
     return parser
+
+
+def _add_set_option(p):
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change an inference setting of the checkpoint's config, e.g. "
+                        "test_flip=false, mask_rescoring=false, score_thresh=0.3 (repeatable)")
+
+
+def _load_for_inference(args):
+    """``load_model`` plus the ``--set`` overrides."""
+    from .model.config import with_inference_overrides  # noqa: PLC0415
+    from .train import load_model  # noqa: PLC0415
+
+    model, rcfg, extra = load_model(args.checkpoint)
+    if args.set:
+        model.config = rcfg.model = with_inference_overrides(model.config, args.set)
+    return model, rcfg, extra
 
 
 def _cmd_train(args) -> int:
@@ -75,9 +94,9 @@ def _cmd_train(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from .inference import evaluate_model  # noqa: PLC0415
-    from .train import build_dataset, load_model  # noqa: PLC0415
+    from .train import build_dataset  # noqa: PLC0415
 
-    model, rcfg, extra = load_model(args.checkpoint)
+    model, rcfg, extra = _load_for_inference(args)
     if args.coco_annotations or args.coco_images:
         if not (args.coco_annotations and args.coco_images):
             raise ValueError("evaluate: give both --coco-annotations and --coco-images")
@@ -98,11 +117,10 @@ def _cmd_evaluate(args) -> int:
 
 def _cmd_predict(args) -> int:
     from .inference import predict_image, read_image  # noqa: PLC0415
-    from .train import load_model  # noqa: PLC0415
     from .visualize import save_detections  # noqa: PLC0415
 
     image = read_image(args.image)
-    model, _, extra = load_model(args.checkpoint)
+    model, _, extra = _load_for_inference(args)
     det = predict_image(model, image, score_thresh=args.score_thresh)
     names = {c["label"]: c["name"] for c in extra.get("categories", [])}
     save_detections(args.out, image, det, class_names=names,

@@ -29,7 +29,8 @@ def test_train_evaluate_predict_roundtrip(tmp_path, capsys):
 
     ev = tmp_path / "eval"
     assert main(["evaluate", "--checkpoint", str(run / "model.npz"), "--split", "val",
-                 "--num-images", "3", "--out", str(ev), "--no-progress"]) == 0
+                 "--num-images", "3", "--out", str(ev), "--no-progress",
+                 "--set", "test_flip=true", "--set", "mask_rescoring=true"]) == 0
     metrics = json.loads((ev / "metrics.json").read_text())
     assert set(metrics) == {"bbox", "segm"}
     for kind in metrics:
@@ -51,9 +52,15 @@ def test_train_evaluate_predict_roundtrip(tmp_path, capsys):
     (["train", "--config", "no_such_config", "--out", "{tmp}/r"], "neither a built-in"),
     (["evaluate", "--checkpoint", "{tmp}/missing.npz", "--out", "{tmp}/e"], "does not exist"),
     (["predict", "{tmp}/missing.png", "--checkpoint", "{tmp}/m.npz", "--out", "{tmp}/p.png"], "does not exist"),
+    (["evaluate", "--checkpoint", "{bundled}", "--out", "{tmp}/e", "--set", "num_classes=3"],
+     "cannot be changed after training"),
+    (["evaluate", "--checkpoint", "{bundled}", "--out", "{tmp}/e", "--set", "test_flip=maybe"],
+     "must be JSON"),
 ])
 def test_user_errors_are_one_line_exit_2(tmp_path, capsys, argv, needle):
-    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    from mrcnn_ref.train import BUNDLED_CHECKPOINT
+
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{bundled}", BUNDLED_CHECKPOINT) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err

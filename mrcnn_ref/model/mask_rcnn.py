@@ -290,17 +290,20 @@ class MaskRCNN(Module):
 
         Returns a dict of NumPy/CuPy arrays: ``boxes`` (D, 4), ``scores`` (D,), ``labels`` (D,)
         int64 in 1..K-1, ``masks`` (D, H, W) bool (the class's mask probability >= 0.5, pasted
-        into the image).
+        into the image), sorted by decreasing score. With ``config.test_flip`` the box and mask
+        heads' outputs are averaged with those of the mirrored image, and with
+        ``config.mask_rescoring`` each score is multiplied by its mask's maskness
+        (:mod:`mrcnn_ref.model.tta`).
         """
         from ..data.masks import paste_masks_in_image  # noqa: PLC0415
-        from ..ops.losses import log_softmax, sigmoid  # noqa: PLC0415
+        from . import tta  # noqa: PLC0415
 
         where = "MaskRCNN.predict"
         cfg = self.config
-        images, (h, w) = self._prepare_image(images, where)
-        xp = get_array_module(images)
+        padded, (h, w) = self._prepare_image(images, where)
+        xp = get_array_module(padded)
         try:
-            feats = self.backbone(images)
+            feats = self.backbone(padded)
             obj_levels, dlt_levels = self.rpn(feats)
             obj, dlt = flatten_rpn_outputs(obj_levels, dlt_levels)
             anchors, _, counts = self._anchors(feats)
@@ -308,23 +311,27 @@ class MaskRCNN(Module):
                 obj[0], dlt[0], anchors, counts, (h, w), pre_nms_top_n=cfg.rpn_pre_nms_top_n_test,
                 post_nms_top_n=cfg.rpn_post_nms_top_n_test, nms_thresh=cfg.rpn_nms_thresh,
                 min_size=cfg.rpn_min_size)
-            box_feats, _ = multilevel_roi_forward(feats[:4], self._rois5(proposals), cfg.box_roi_size,
-                                                  **self._roi_kwargs())
-            class_logits, box_deltas = self.box_head(box_feats)
+            class_logits, box_deltas = self._box_outputs(feats, proposals)
+            feats_m = None
+            if cfg.test_flip:
+                # the mirror of the *unpadded* image, padded on the right like the image itself
+                feats_m = self.backbone(self._prepare_image(images[:, :, :, ::-1], where)[0])
+                class_logits, box_deltas = tta.average_flipped_box_outputs(
+                    class_logits, box_deltas, *self._box_outputs(feats_m, tta.mirror_boxes(proposals, w)))
             boxes, scores, labels = postprocess_detections(
                 class_logits, box_deltas, proposals, (h, w),
                 score_thresh=cfg.score_thresh if score_thresh is None else score_thresh,
                 nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img,
                 box_weights=cfg.box_weights, min_size=cfg.box_min_size)
             if boxes.shape[0] > 0:
-                mask_feats, _ = multilevel_roi_forward(feats[:4], self._rois5(boxes), cfg.mask_roi_size,
-                                                       **self._roi_kwargs())
-                logits = self.mask_head(mask_feats)                   # (D, K, M, M)
-                rows = xp.arange(boxes.shape[0])
-                if cfg.mask_loss == "sigmoid":
-                    probs = sigmoid(logits[rows, labels])
-                else:
-                    probs = xp.exp(log_softmax(logits, axis=1))[rows, labels]
+                probs = self._mask_probs(feats, boxes, labels)
+                if feats_m is not None:
+                    probs_m = self._mask_probs(feats_m, tta.mirror_boxes(boxes, w), labels)
+                    probs = 0.5 * (probs + tta.unflip_masks(probs_m))
+                if cfg.mask_rescoring:
+                    scores = scores * tta.maskness(probs, cfg.mask_threshold)
+                    order = xp.argsort(-scores, kind="stable") if xp is np else xp.argsort(-scores)
+                    boxes, scores, labels, probs = boxes[order], scores[order], labels[order], probs[order]
                 masks = paste_masks_in_image(probs, boxes, (h, w), threshold=cfg.mask_threshold)
             else:
                 masks = xp.zeros((0, h, w), dtype=bool)
@@ -332,3 +339,23 @@ class MaskRCNN(Module):
             self.clear_caches()
         return dict(boxes=boxes, scores=scores, labels=labels, masks=masks)
 
+    def _box_outputs(self, feats, proposals):
+        """Box head on ``proposals (P, 4)``: ``(class_logits (P, K), box_deltas (P, 4K))``."""
+        cfg = self.config
+        box_feats, _ = multilevel_roi_forward(feats[:4], self._rois5(proposals), cfg.box_roi_size,
+                                              **self._roi_kwargs())
+        return self.box_head(box_feats)
+
+    def _mask_probs(self, feats, boxes, labels):
+        """Mask head on ``boxes (D, 4)``: the probabilities ``(D, M, M)`` of each box's class."""
+        from ..ops.losses import log_softmax, sigmoid  # noqa: PLC0415
+
+        cfg = self.config
+        xp = get_array_module(boxes)
+        mask_feats, _ = multilevel_roi_forward(feats[:4], self._rois5(boxes), cfg.mask_roi_size,
+                                               **self._roi_kwargs())
+        logits = self.mask_head(mask_feats)                       # (D, K, M, M)
+        rows = xp.arange(boxes.shape[0])
+        if cfg.mask_loss == "sigmoid":
+            return sigmoid(logits[rows, labels])
+        return xp.exp(log_softmax(logits, axis=1))[rows, labels]

@@ -1,0 +1,195 @@
+"""Flip test-time augmentation and mask rescoring (mrcnn_ref.model.tta) and their use in predict."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from mrcnn_ref.boxes import decode_boxes
+from mrcnn_ref.data.masks import masks_to_boxes, paste_masks_in_image
+from mrcnn_ref.model.config import get_preset, with_inference_overrides
+from mrcnn_ref.model.tta import average_flipped_box_outputs, maskness, mirror_boxes, unflip_masks
+from mrcnn_ref.ops.losses import log_softmax
+
+
+def _random_boxes(rng, n, w=64.0, h=48.0):
+    x1 = rng.uniform(0, w - 4, n)
+    y1 = rng.uniform(0, h - 4, n)
+    return np.stack([x1, y1, rng.uniform(x1 + 1, w), rng.uniform(y1 + 1, h)], axis=1)
+
+
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 20))
+def test_mirror_boxes_is_an_involution_and_matches_flipped_masks(seed, n):
+    rng = np.random.default_rng(seed)
+    b = _random_boxes(rng, n)
+    np.testing.assert_allclose(mirror_boxes(mirror_boxes(b, 64), 64), b, atol=1e-12)
+    # integer boxes of rectangle masks: the mirrored mask's tight box is the mirrored box
+    x1, y1 = rng.integers(0, 60, 2)
+    x2, y2 = x1 + rng.integers(1, 64 - x1 + 1), y1 + rng.integers(1, 64 - y1 + 1)
+    m = np.zeros((1, 64, 64), bool)
+    m[0, y1:y2, x1:x2] = True
+    np.testing.assert_array_equal(masks_to_boxes(m[:, :, ::-1]), mirror_boxes(masks_to_boxes(m), 64))
+
+
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 12), k=st.integers(2, 5))
+def test_mirrored_deltas_decode_to_the_mirrored_box(seed, n, k):
+    """The tx -> -tx rule, checked by geometry: a delta predicted for the mirrored proposal,
+    decoded there and mirrored back, is the box its tx-negated copy decodes to here."""
+    rng = np.random.default_rng(seed)
+    props = _random_boxes(rng, n)
+    d_m = rng.normal(0, 1, (n, 4 * k))
+    logits = rng.normal(0, 2, (n, k))
+    w = 64.0
+    in_mirror = decode_boxes(d_m, mirror_boxes(props, w), weights=(10.0, 10.0, 5.0, 5.0))
+    back = mirror_boxes(in_mirror.reshape(-1, 4), w).reshape(n, 4 * k)
+    # average of the mirror's opinion with itself, moved into the image frame
+    _, d_avg = average_flipped_box_outputs(logits, _negate_tx(d_m, k), logits, d_m)
+    np.testing.assert_allclose(decode_boxes(d_avg, props, weights=(10.0, 10.0, 5.0, 5.0)), back,
+                               rtol=1e-10, atol=1e-9)
+
+
+def _negate_tx(d, k):
+    out = d.reshape(d.shape[0], k, 4).copy()
+    out[:, :, 0] *= -1
+    return out.reshape(d.shape)
+
+
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 10), k=st.integers(2, 5))
+def test_averaged_logits_give_the_mean_probabilities(seed, n, k):
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(0, 3, (n, k)), rng.normal(0, 3, (n, k))
+    d = rng.normal(0, 1, (n, 4 * k))
+    logits, deltas = average_flipped_box_outputs(a, d, b, _negate_tx(d, k))
+    mean_p = 0.5 * (np.exp(log_softmax(a, axis=1)) + np.exp(log_softmax(b, axis=1)))
+    np.testing.assert_allclose(np.exp(log_softmax(logits, axis=1)), mean_p, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(deltas, d, rtol=1e-12)       # consistent views: nothing changes
+
+
+def test_average_flipped_box_outputs_checks_shapes():
+    z = np.zeros((3, 4))
+    with pytest.raises(ValueError, match="class_logits_mirror"):
+        average_flipped_box_outputs(z, np.zeros((3, 16)), np.zeros((2, 4)), np.zeros((3, 16)))
+    with pytest.raises(ValueError, match="box deltas"):
+        average_flipped_box_outputs(z, np.zeros((3, 12)), z, np.zeros((3, 16)))
+
+
+@settings(max_examples=30)
+@given(probs=arrays(np.float64, (3, 7, 7), elements=st.sampled_from([0.05, 0.3, 0.7, 0.95])),
+       seed=st.integers(0, 2**31 - 1))
+def test_unflipped_mask_pastes_to_the_mirror_of_the_mirrors_paste(probs, seed):
+    """Pasting the mirror's mask (flipped back) at the box here gives the mirror image of pasting
+    it at the mirrored box in the mirror."""
+    rng = np.random.default_rng(seed)
+    # generic corners: a box edge exactly on a pixel centre is a tie that the half-open
+    # "pixel centre inside the box" rule breaks differently on the two sides
+    boxes = _random_boxes(rng, 3, w=40.0, h=40.0)
+    here = paste_masks_in_image(unflip_masks(probs), boxes, (40, 40))
+    there = paste_masks_in_image(probs, mirror_boxes(boxes, 40), (40, 40))[:, :, ::-1]
+    assert (here != there).mean() <= 0.002       # a few pixels may sit exactly on the 0.5 level
+
+
+def test_maskness_by_hand():
+    p = np.zeros((3, 2, 2))
+    p[0] = [[0.9, 0.7], [0.2, 0.4]]           # kept: 0.9, 0.7 -> 0.8
+    p[1] = 1.0
+    # p[2]: nothing >= 0.5 -> 0
+    np.testing.assert_allclose(maskness(p), [0.8, 1.0, 0.0])
+    np.testing.assert_allclose(maskness(p, threshold=0.3), [(0.9 + 0.7 + 0.4) / 3, 1.0, 0.0])
+
+
+@given(probs=arrays(np.float32, (4, 5, 5), elements=st.floats(0, 1, width=32)))
+def test_maskness_lies_between_threshold_and_one(probs):
+    m = maskness(probs)
+    assert m.dtype == np.float32 and m.shape == (4,)
+    nonempty = (probs >= 0.5).any(axis=(1, 2))
+    assert np.all(m[~nonempty] == 0)
+    assert np.all((m[nonempty] >= 0.5) & (m[nonempty] <= 1.0))
+
+
+def test_inference_overrides():
+    cfg = get_preset("shapes")
+    assert cfg.test_flip and cfg.mask_rescoring
+    off = with_inference_overrides(cfg, ["test_flip=false", "score_thresh=0.3"])
+    assert off.test_flip is False and off.score_thresh == 0.3 and off.mask_rescoring
+    assert with_inference_overrides(cfg, {"mask_rescoring": False}).mask_rescoring is False
+    with pytest.raises(ValueError, match="cannot be changed after training"):
+        with_inference_overrides(cfg, ["num_classes=3"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        with_inference_overrides(cfg, ["test_flip"])
+    with pytest.raises(ValueError, match="must be JSON"):
+        with_inference_overrides(cfg, ["test_flip=yes"])
+    with pytest.raises(TypeError, match="true or false"):
+        with_inference_overrides(cfg, ["test_flip=1"])
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    from mrcnn_ref.train import load_bundled_model
+
+    loaded = load_bundled_model()
+    if loaded is None:
+        pytest.skip("no bundled checkpoint")
+    return loaded
+
+
+def _val_images(rcfg, n):
+    from mrcnn_ref.train import build_dataset
+
+    return list(build_dataset(rcfg.train, "val", n))
+
+
+def test_mask_rescoring_multiplies_the_scores_by_maskness(bundled):
+    """Same detections with and without rescoring; the scores differ by exactly the maskness of
+    each detection's mask (recomputed here from the mask head), and stay sorted."""
+    from mrcnn_ref.data.transforms import to_model_input
+
+    model, rcfg, _ = bundled
+    base = model.config
+    sample = _val_images(rcfg, 1)[0]
+    x = to_model_input(sample)[None]
+    try:
+        model.config = with_inference_overrides(base, {"test_flip": False, "mask_rescoring": False})
+        plain = model.predict(x)
+        feats = model.backbone(model._prepare_image(x, "test")[0])
+        probs = model._mask_probs(feats, plain["boxes"], plain["labels"])
+        model.clear_caches()
+        model.config = with_inference_overrides(base, {"test_flip": False, "mask_rescoring": True})
+        rescored = model.predict(x)
+    finally:
+        model.config = base
+    assert len(plain["scores"]) > 0
+    expected = plain["scores"] * maskness(probs, base.mask_threshold)
+    order = np.argsort(-expected, kind="stable")
+    np.testing.assert_allclose(rescored["scores"], expected[order], rtol=1e-6)
+    np.testing.assert_array_equal(rescored["labels"], plain["labels"][order])
+    np.testing.assert_array_equal(rescored["masks"], plain["masks"][order])
+    assert np.all(np.diff(rescored["scores"]) <= 0)
+
+
+def test_flip_tta_runs_and_does_not_hurt_the_masks(bundled):
+    """On 8 val images: with flip TTA the detections change (the second view is used) and the
+    mean best mask IoU per ground-truth instance is at least as good, up to 0.01."""
+    from mrcnn_ref.data.transforms import to_model_input
+
+    model, rcfg, _ = bundled
+    base = model.config
+
+    def mean_best_iou(test_flip):
+        model.config = with_inference_overrides(base, {"test_flip": test_flip, "mask_rescoring": False})
+        best, scores = [], []
+        for s in _val_images(rcfg, 8):
+            det = model.predict(to_model_input(s)[None])
+            scores.append(det["scores"])
+            for g, lab in zip(s["masks"], s["labels"]):
+                ious = [np.logical_and(g, m).sum() / np.logical_or(g, m).sum()
+                        for m, pl in zip(det["masks"], det["labels"]) if pl == lab]
+                best.append(max(ious, default=0.0))
+        return float(np.mean(best)), np.concatenate(scores)
+
+    try:
+        plain, s_plain = mean_best_iou(False)
+        flipped, s_flip = mean_best_iou(True)
+    finally:
+        model.config = base
+    assert s_plain.shape != s_flip.shape or not np.allclose(s_plain, s_flip)
+    assert flipped >= plain - 0.01, (plain, flipped)
