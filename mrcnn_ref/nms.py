@@ -10,7 +10,14 @@ Greedy NMS, with the semantics of ``torchvision.ops.nms``:
 The IoU of two zero-area boxes is ``0/0 = nan``, and ``nan > t`` is false: such boxes never
 suppress each other (as in torchvision).
 
-Two implementations, chosen automatically, give the same result:
+Three implementations, chosen automatically, give the same result:
+
+* ``"matrix"`` -- for a few hundred boxes per category (RPN proposals of one FPN level, the
+  detections of one class): compute the whole ``k x k`` matrix "box i suppresses box j" (IoU > t,
+  i before j in score order) at once, pack each row into one Python integer of k bits, and run the
+  greedy loop over the boxes with one bitwise OR per kept box (``dead |= row[i]``). The IoUs are
+  vectorised; the loop is over boxes, never over pairs. Used by ``"auto"`` when every category
+  has at most ``_MATRIX_MAX`` boxes.
 
 * ``"greedy"`` -- the textbook loop: its Python loop runs once per *kept* box; each step computes
   the IoU of the kept box with the remaining candidates only and then compresses the candidate
@@ -55,7 +62,7 @@ def nms(boxes, scores, iou_threshold: float, method: str = "auto"):
     """Greedy non-maximum suppression (same signature and result as ``torchvision.ops.nms``).
 
     boxes: (N, 4) floating (x1, y1, x2, y2); scores: (N,) floating; iou_threshold in [0, 1].
-    method: ``"auto"`` (default), ``"greedy"`` or ``"sparse"`` (see the module docstring); all
+    method: ``"auto"`` (default), ``"greedy"``, ``"sparse"`` or ``"matrix"`` (see the module docstring); all
     return the same indices.
     Returns (K,) int64 indices of the kept boxes, sorted by decreasing score (an empty array for
     N = 0), in the array module of ``boxes``. CuPy inputs are processed on the host.
@@ -88,8 +95,8 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float, method: str = "auto")
 
 
 def _nms(boxes, scores, t, idxs, method, where):
-    if method not in ("auto", "greedy", "sparse"):
-        raise ValueError(f"{where}: method must be 'auto', 'greedy' or 'sparse', got {method!r}")
+    if method not in ("auto", "greedy", "sparse", "matrix"):
+        raise ValueError(f"{where}: method must be 'auto', 'greedy', 'sparse' or 'matrix', got {method!r}")
     xp = get_array_module(boxes, scores)
     n = boxes.shape[0]
     if n == 0:
@@ -103,7 +110,14 @@ def _nms(boxes, scores, t, idxs, method, where):
     order = np.argsort(-s, kind="stable")
     b = b[order]
     c = None if c is None else c[order]
-    if method == "sparse":
+    groups = None
+    if method in ("auto", "matrix"):
+        groups = _category_groups(c, n)
+        if method == "auto" and max(g.size for g in groups) > _MATRIX_MAX:
+            groups = None
+    if groups is not None:
+        keep = _matrix(b, t, groups)
+    elif method == "sparse":
         keep = _sparse(b, t, c, n, _candidate_pairs(b, t))
     else:
         keep = _greedy(b, t, c, switch=(method == "auto"))
@@ -130,6 +144,39 @@ def _iou_rows(x1, y1, x2, y2, area, rows, cols):
     union = area[rows, None] + area[None, cols]
     union -= inter
     return np.divide(inter, union, out=inter)
+
+
+#: "auto" uses the suppression-matrix method when no category has more boxes than this
+#: (a k x k float matrix: 4 MB for k = 1024).
+_MATRIX_MAX = 1024
+
+
+def _category_groups(c, n):
+    """Positions (in score order) of each category's boxes, each group still in score order."""
+    if c is None:
+        return [np.arange(n)]
+    by_cat = np.argsort(c, kind="stable")
+    return np.split(by_cat, np.flatnonzero(np.diff(c[by_cat])) + 1)
+
+
+def _matrix(b, t, groups):
+    """Greedy NMS per group from its full suppression matrix. b: (N, 4) in score order; groups:
+    arrays of positions in score order. Returns the kept positions, ascending (= by score)."""
+    keep = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for g in groups:
+            bx = b[g]
+            x1, y1, x2, y2 = (np.ascontiguousarray(bx[:, k]) for k in range(4))
+            area = (x2 - x1) * (y2 - y1)
+            rows = np.arange(g.size)
+            sup = np.triu(_iou_rows(x1, y1, x2, y2, area, rows, rows) > t, 1)   # (k, k)
+            packed = np.packbits(sup, axis=1, bitorder="little")     # row i: bit j = i suppresses j
+            dead = 0
+            for i in range(g.size):
+                if not (dead >> i) & 1:
+                    keep.append(g[i])
+                    dead |= int.from_bytes(packed[i].tobytes(), "little")
+    return np.sort(np.asarray(keep, dtype=np.int64))
 
 
 def _greedy(b, t, c, switch=False):

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from mrcnn_ref.nms import batched_nms, nms
 
-METHODS = ["auto", "greedy", "sparse"]
+METHODS = ["auto", "greedy", "sparse", "matrix"]
 
 
 def nms_reference(boxes, scores, iou_threshold, idxs=None):
@@ -122,10 +122,31 @@ def test_large_random_all_methods_agree():
         s = rng.random(4000).astype(np.float32)
         c = rng.integers(0, 3, 4000)
         ref = nms(b, s, 0.6, method="greedy")
-        for m in ("auto", "sparse"):
+        for m in ("auto", "sparse", "matrix"):
             np.testing.assert_array_equal(nms(b, s, 0.6, method=m), ref)
         ref = batched_nms(b, s, c, 0.6, method="greedy")
-        np.testing.assert_array_equal(batched_nms(b, s, c, 0.6, method="sparse"), ref)
+        for m in ("auto", "sparse", "matrix"):
+            np.testing.assert_array_equal(batched_nms(b, s, c, 0.6, method=m), ref)
+
+
+def test_rpn_like_levels_all_methods_agree():
+    """Proposals as the RPN makes them on a 128-px image: five levels (the categories) of up to
+    500 heavily overlapping boxes around a few objects, NMS 0.7 -- the case "auto" sends to the
+    suppression-matrix method."""
+    rng = np.random.default_rng(7)
+    centres = rng.uniform(20, 108, (4, 2))
+    boxes, levels = [], []
+    for lvl, n in enumerate((500, 500, 500, 144, 36)):
+        c = centres[rng.integers(0, 4, n)] + rng.normal(0, 6, (n, 2))
+        half = rng.uniform(4, 40, (n, 2)) * (1 + lvl) / 3
+        boxes.append(np.clip(np.concatenate([c - half, c + half], axis=1), 0, 128))
+        levels.append(np.full(n, lvl))
+    b = np.concatenate(boxes).astype(np.float32)
+    s = rng.random(len(b)).astype(np.float32)
+    c = np.concatenate(levels)
+    ref = nms_reference(b, s, 0.7, c)
+    for m in METHODS:
+        np.testing.assert_array_equal(batched_nms(b, s, c, 0.7, method=m), ref)
 
 
 # ---------------------------------------------------------------- properties
