@@ -26,10 +26,10 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from ._io import write_json
-from .backend import get_array_module, get_backend
+from .backend import get_backend
 from .model.config import MaskRCNNConfig, load_config
 from .nn.checkpoint import load_checkpoint, save_checkpoint
-from .nn.optim import SGD, WarmupCosineLR, WarmupMultiStepLR, clip_grad_norm
+from .nn.optim import SGD, WarmupCosineLR, WarmupMultiStepLR, clip_grad_norm, global_grad_norm
 from .parallel import GradientWorkers, can_fork, share_parameters
 
 __all__ = ["TrainConfig", "RunConfig", "TrainingDiverged", "load_run_config", "build_dataset",
@@ -240,10 +240,6 @@ def _sample_targets(sample, xp):
             "masks": xp.asarray(sample["masks"])}
 
 
-def _grads_are_finite(grads) -> bool:
-    return all(bool(get_array_module(g).isfinite(g).all()) for g in grads.values())
-
-
 def _checkpoint_path(out_dir, it=None):
     return os.path.join(out_dir, "model.npz" if it is None else f"checkpoint_{it:06d}.npz")
 
@@ -409,12 +405,13 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
             if n_img > 1:
                 for g in grads.values():
                     g /= n_img
-            if not _grads_are_finite(grads):
+            norm = global_grad_norm(grads)           # not finite <=> some entry is NaN/inf
+            if not math.isfinite(norm):
                 raise TrainingDiverged(
                     f"the gradient became NaN/inf at iteration {it}; training stopped before the "
                     f"update. The last good checkpoint in {out_dir} is kept.")
             if tcfg.clip_grad_norm > 0:
-                clip_grad_norm(grads, tcfg.clip_grad_norm)
+                clip_grad_norm(grads, tcfg.clip_grad_norm, total=norm)
             optim.step(grads, lr=lr)
 
             for k in LOSS_KEYS:

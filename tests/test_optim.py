@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from mrcnn_ref.nn.optim import SGD, WarmupCosineLR, WarmupMultiStepLR, clip_grad_norm, default_no_decay
+from mrcnn_ref.nn.optim import (SGD, WarmupCosineLR, WarmupMultiStepLR, clip_grad_norm, default_no_decay,
+                                global_grad_norm)
 
 
 def _params(rng):
@@ -169,3 +170,16 @@ def test_clip_grad_norm_matches_torch(max_norm, seed):
     assert total == pytest.approx(float(tt), rel=1e-12)
     np.testing.assert_allclose(g["a"], ts[0].grad.numpy(), rtol=0, atol=1e-10)
     np.testing.assert_allclose(g["b"], ts[1].grad.numpy(), rtol=0, atol=1e-10)
+
+
+@given(seed=st.integers(0, 2**31 - 1), scale=st.sampled_from([1e-12, 1.0, 1e18, 1e30]))
+def test_global_grad_norm_matches_float64_and_flags_non_finite(seed, scale):
+    """The float32 BLAS norm agrees with a float64 reference (also where float32 squares would
+    overflow), and is inf/nan exactly when an entry is."""
+    rng = np.random.default_rng(seed)
+    grads = {k: (rng.standard_normal(shape) * scale).astype(np.float32)
+             for k, shape in (("a", (7, 5)), ("b", (300,)), ("c", (2, 3, 4, 4)))}
+    ref = np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads.values()))
+    assert global_grad_norm(grads) == pytest.approx(ref, rel=1e-5)
+    grads["b"][int(rng.integers(300))] = rng.choice([np.inf, -np.inf, np.nan])
+    assert not np.isfinite(global_grad_norm(grads))

@@ -30,7 +30,8 @@ import numpy as np
 
 from ..backend import asnumpy, get_array_module
 
-__all__ = ["SGD", "WarmupMultiStepLR", "WarmupCosineLR", "clip_grad_norm", "default_no_decay"]
+__all__ = ["SGD", "WarmupMultiStepLR", "WarmupCosineLR", "clip_grad_norm", "global_grad_norm",
+           "default_no_decay"]
 
 
 def default_no_decay(name: str, p) -> bool:
@@ -183,19 +184,37 @@ class WarmupCosineLR:
         return cos * _warmup_factor(it, self.warmup_iters, self.warmup_factor)
 
 
-def clip_grad_norm(grads: dict, max_norm: float, eps: float = 1e-6) -> float:
+def global_grad_norm(grads: dict) -> float:
+    """``sqrt(sum_k ||g_k||²)`` over all gradients, as a float; ``inf``/``nan`` exactly when some
+    entry is not finite (so one pass serves as the divergence check too).
+
+    Each ``||g_k||²`` is one BLAS dot product in the gradient's own dtype (no float64 copy of the
+    gradients); a float32 dot that overflows is recomputed in float64, where the squares of
+    finite float32 values cannot overflow.
+    """
+    sq = 0.0
+    for g in grads.values():
+        xp = get_array_module(g)
+        flat = g.reshape(-1)
+        part = float(xp.vdot(flat, flat))
+        if not math.isfinite(part):
+            f64 = flat.astype(np.float64)
+            part = float(xp.vdot(f64, f64))
+        sq += part
+    return math.sqrt(sq) if math.isfinite(sq) else sq
+
+
+def clip_grad_norm(grads: dict, max_norm: float, eps: float = 1e-6, total: float | None = None) -> float:
     """Scale all gradients in place so that their global L2 norm is at most ``max_norm``.
 
-    ``total = sqrt(sum_k ||g_k||²)``; if ``total > max_norm`` every gradient is multiplied by
-    ``max_norm / (total + eps)`` (as ``torch.nn.utils.clip_grad_norm_``). Returns ``total``
-    (the norm *before* clipping) as a float.
+    ``total = sqrt(sum_k ||g_k||²)`` (:func:`global_grad_norm`, or pass it if already computed);
+    if ``total > max_norm`` every gradient is multiplied by ``max_norm / (total + eps)`` (as
+    ``torch.nn.utils.clip_grad_norm_``). Returns ``total`` (the norm *before* clipping) as a float.
     """
     if max_norm <= 0:
         raise ValueError(f"clip_grad_norm: max_norm must be > 0, got {max_norm}")
-    sq = 0.0
-    for g in grads.values():
-        sq += float(get_array_module(g).sum(g.astype(np.float64) ** 2))
-    total = math.sqrt(sq)
+    if total is None:
+        total = global_grad_norm(grads)
     coef = max_norm / (total + eps)
     if coef < 1.0:
         for g in grads.values():
