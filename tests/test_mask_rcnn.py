@@ -70,7 +70,8 @@ def test_whole_loss_gradient_check():
 
 
 @pytest.mark.parametrize("options", [{"roi_op": "roi_warp", "mask_loss": "softmax"},
-                                     {"roi_op": "roi_align", "roi_aligned": True, "roi_sampling_ratio": -1}])
+                                     {"roi_op": "roi_align", "roi_aligned": True, "roi_sampling_ratio": -1},
+                                     {"mask_rois_per_image": 1}])
 def test_whole_loss_gradient_check_variants(options):
     """A lighter whole-loss check for other RoI-op / mask-loss choices."""
     m = _float64_model(1, **options)
@@ -92,6 +93,33 @@ def test_whole_loss_gradient_check_variants(options):
         idx = np.argsort(-np.abs(grads[name].reshape(-1)))[:2]
         _, num = numerical_gradient_sampled(loss, params[name], indices=idx)
         assert rel_error(grads[name].reshape(-1)[idx], num) <= 1e-6, name
+
+
+def test_mask_rois_per_image_caps_the_mask_branch(monkeypatch):
+    """With the cap, the mask loss sees at most that many foreground RoIs (a random subset, with
+    the matching labels and targets); without it, all of them."""
+    import mrcnn_ref.model.mask_rcnn as mr
+
+    seen = []
+    real = mr.mask_head_loss_forward
+
+    def spy(logits, labels, targets, kind):
+        seen.append((logits.shape[0], labels.copy(), targets.shape[0]))
+        return real(logits, labels, targets, kind=kind)
+
+    monkeypatch.setattr(mr, "mask_head_loss_forward", spy)
+    img = np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    for cap in (0, 1):
+        m = MaskRCNN({"preset": "tiny", "mask_rois_per_image": cap}, rng=0)
+        m.forward_train(img, _rect_targets(), rng=np.random.default_rng(3))
+        nf = m._train_cache.roi_targets["num_fg"]
+        fg_labels = m._train_cache.roi_targets["labels"][:nf]
+        n, labels, n_targets = seen[-1]
+        assert nf > 1 and n == n_targets == (nf if cap == 0 else 1)
+        assert set(labels.tolist()) <= set(fg_labels.tolist())
+        m.backward()
+    with pytest.raises(ValueError, match="mask_rois_per_image"):
+        MaskRCNN({"preset": "tiny", "mask_rois_per_image": -1})
 
 
 def test_training_is_reproducible_and_grads_accumulate():

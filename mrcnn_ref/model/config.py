@@ -62,6 +62,7 @@ class MaskRCNNConfig:
     box_fg_iou: float = 0.5                   # proposal IoU >= this -> foreground
     box_bg_iou_low: float = 0.0               # background: [bg_low, fg_iou); Fast R-CNN used 0.1
     box_weights: tuple = (10.0, 10.0, 5.0, 5.0)
+    mask_rois_per_image: int = 0              # mask loss on at most this many fg RoIs (0: all, the paper)
     box_smooth_l1_beta: float = 1.0 / 9.0     # as torchvision's RoI heads
     # --- RoI feature extraction ------------------------------------------------------------
     roi_op: str = "roi_align"                 # roi_align | roi_align_max | roi_warp | roi_pool
@@ -120,6 +121,10 @@ class MaskRCNNConfig:
         if self.num_classes < 2:
             raise ValueError(f"{where}: num_classes counts the background, so it must be >= 2, "
                              f"got {self.num_classes}")
+        if (isinstance(self.mask_rois_per_image, bool) or not isinstance(self.mask_rois_per_image, int)
+                or self.mask_rois_per_image < 0):
+            raise ValueError(f"{where}: mask_rois_per_image must be an int >= 0 (0: every foreground "
+                             f"RoI), got {self.mask_rois_per_image!r}")
         if not isinstance(self.mask_head_convs, int) or self.mask_head_convs < 0:
             raise ValueError(f"{where}: mask_head_convs must be an int >= 0, got {self.mask_head_convs!r}")
         for n in ("rpn_nms_thresh", "nms_thresh", "rpn_positive_fraction", "box_positive_fraction",

@@ -229,15 +229,19 @@ class MaskRCNN(Module):
         (l_cls, l_box), c.box_loss = box_loss_forward(class_logits, box_deltas, t["labels"],
                                                       t["regression_targets"], beta=cfg.box_smooth_l1_beta)
 
-        # 6. mask branch (foreground RoIs only; none -> no mask loss)
+        # 6. mask branch (foreground RoIs only; none -> no mask loss). With mask_rois_per_image
+        #    > 0 a random subset of at most that many foreground RoIs trains the mask head.
         nf = t["num_fg"]
         c.has_mask = nf > 0 and t["mask_targets"] is not None
         if c.has_mask:
-            mask_feats, c.mask_roi = multilevel_roi_forward(feats[:4], rois5[:nf], cfg.mask_roi_size,
+            sel = xp.arange(nf)
+            if 0 < cfg.mask_rois_per_image < nf:
+                sel = xp.asarray(np.sort(rng.choice(nf, cfg.mask_rois_per_image, replace=False)))
+            mask_feats, c.mask_roi = multilevel_roi_forward(feats[:4], rois5[sel], cfg.mask_roi_size,
                                                             **self._roi_kwargs())
             mask_logits = self.mask_head(mask_feats)
-            l_mask, c.mask_loss = mask_head_loss_forward(mask_logits, t["labels"][:nf],
-                                                         t["mask_targets"], kind=cfg.mask_loss)
+            l_mask, c.mask_loss = mask_head_loss_forward(mask_logits, t["labels"][sel],
+                                                         t["mask_targets"][sel], kind=cfg.mask_loss)
         else:
             l_mask = xp.zeros((), dtype=dtype)
 
