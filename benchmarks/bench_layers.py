@@ -5,7 +5,9 @@
 Cases (float32):
   * conv3x3 64->64, batch 2, 64x64, padding 1 — target: NumPy within 2x of torch;
   * the tiny ResNet-FPN backbone (resnet_fpn_tiny) on a 1x3x128x128 image.
-The median of ``--repeats`` runs after two warm-up runs is printed. NumPy's BLAS threads follow
+NumPy and torch are timed in alternating blocks of 5 steps (see ``interleaved_times``), so a
+machine whose speed drifts during the run (a shared VM can drift by 2x within minutes) slows both
+alike; the median of each and the median of the ratios of same-round steps are printed. NumPy's BLAS threads follow
 OMP_NUM_THREADS / OPENBLAS_NUM_THREADS; set them to the same value as ``--threads`` for a fair
 comparison (this script sets them before importing NumPy when they are unset).
 """
@@ -37,18 +39,31 @@ from mrcnn_ref.model.backbone import resnet_fpn_tiny  # noqa: E402
 from mrcnn_ref.nn.layers import Conv2d  # noqa: E402
 
 
-def median_time(fn, repeats, warmup=2):
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def interleaved_times(fns, repeats, warmup=2, block=5, pause=0.3):
+    """Time the functions in alternating blocks: ``block`` timed runs of the first, then of the
+    second, ..., until each has ``repeats`` runs. Each block starts after a ``pause`` and one
+    untimed run, because the thread pools of the two libraries (OpenBLAS, OpenMP) keep spinning
+    for a while after their last call; alternating single steps would make each run against the
+    other's spinning threads and slow both down ~3x. Returns, per function, the list of seconds."""
     for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+        for fn in fns:
+            fn()
+    out = [[] for _ in fns]
+    while len(out[0]) < repeats:
+        for times, fn in zip(out, fns):
+            time.sleep(pause)
+            fn()
+            times += [_timed(fn) for _ in range(min(block, repeats - len(times)))]
+    return out
 
 
-def numpy_conv(repeats):
+def numpy_conv():
     rng = np.random.default_rng(0)
     conv = Conv2d(64, 64, 3, padding=1, rng=rng)
     x = rng.standard_normal((2, 64, 64, 64)).astype(np.float32)
@@ -59,10 +74,10 @@ def numpy_conv(repeats):
         conv.backward(dout)
         conv.zero_grad()
 
-    return median_time(step, repeats)
+    return step
 
 
-def numpy_backbone(repeats):
+def numpy_backbone():
     rng = np.random.default_rng(0)
     m = resnet_fpn_tiny(rng=rng)
     x = rng.standard_normal((1, 3, 128, 128)).astype(np.float32)
@@ -74,10 +89,10 @@ def numpy_backbone(repeats):
         m.backward(douts)
         m.zero_grad()
 
-    return median_time(step, repeats)
+    return step
 
 
-def torch_conv(torch, repeats):
+def torch_conv(torch):
     conv = torch.nn.Conv2d(64, 64, 3, padding=1)
     x = torch.randn(2, 64, 64, 64, requires_grad=True)
     dout = torch.randn(2, 64, 64, 64)
@@ -87,10 +102,10 @@ def torch_conv(torch, repeats):
         x.grad = None
         conv(x).backward(dout)
 
-    return median_time(step, repeats)
+    return step
 
 
-def torch_backbone(torch, repeats):
+def torch_backbone(torch):
     """The same tiny architecture built from torch.nn modules (GroupNorm, basic blocks, FPN)."""
     nn, F = torch.nn, torch.nn.functional
     from mrcnn_ref.model.backbone import TINY_CONFIG
@@ -146,7 +161,7 @@ def torch_backbone(torch, repeats):
         m.zero_grad(set_to_none=True)
         sum(p.sum() for p in m(x)).backward()
 
-    return median_time(step, repeats)
+    return step
 
 
 def main(args):
@@ -157,15 +172,17 @@ def main(args):
         torch = None
     rows = [("conv3x3 64->64, 2x64x64x64 (fwd+bwd)", numpy_conv, torch_conv),
             ("tiny ResNet-FPN, 1x3x128x128 (fwd+bwd)", numpy_backbone, torch_backbone)]
-    print(f"threads={args.threads}  repeats={args.repeats}  (median seconds after warm-up)")
+    print(f"threads={args.threads}  repeats={args.repeats}  (medians after warm-up, interleaved)")
     print(f"{'case':42s} {'numpy':>10s} {'torch':>10s} {'numpy/torch':>12s}")
     for name, fnp, ftorch in rows:
-        t_np = fnp(args.repeats)
         if torch is None:
-            print(f"{name:42s} {t_np * 1e3:8.1f}ms {'n/a':>10s} {'n/a':>12s}")
+            (t_np,) = interleaved_times([fnp()], args.repeats)
+            print(f"{name:42s} {statistics.median(t_np) * 1e3:8.1f}ms {'n/a':>10s} {'n/a':>12s}")
             continue
-        t_t = ftorch(torch, args.repeats)
-        print(f"{name:42s} {t_np * 1e3:8.1f}ms {t_t * 1e3:8.1f}ms {t_np / t_t:11.2f}x")
+        t_np, t_t = interleaved_times([fnp(), ftorch(torch)], args.repeats)
+        ratio = statistics.median(a / b for a, b in zip(t_np, t_t))
+        print(f"{name:42s} {statistics.median(t_np) * 1e3:8.1f}ms {statistics.median(t_t) * 1e3:8.1f}ms "
+              f"{ratio:11.2f}x")
     print("target: conv3x3 numpy/torch <= 2x")
 
 
