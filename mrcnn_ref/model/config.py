@@ -232,8 +232,9 @@ PRESETS: dict[str, dict] = {
     # per image (Fast R-CNN's 2 images x 64 RoIs; matterport's shapes config uses 32) made an
     # iteration ~1.6x faster at the same mask AP after 3,000 iterations.
     # Inference uses flip test-time augmentation and mask rescoring (mrcnn_ref.model.tta): on the
-    # shipped checkpoint, 200 val images, bbox AP 0.832 -> 0.857 and segm AP 0.842 -> 0.866 for
-    # twice the inference time (README "Training status" has the ablation).
+    # shipped checkpoint, 200 val images, bbox AP 0.831 -> 0.853 and segm AP 0.835 -> 0.858 for
+    # twice the inference time (the previous checkpoint: 0.832 -> 0.857, 0.842 -> 0.866; README
+    # "Training status").
     "shapes": dict(name="shapes", anchor_sizes=(16, 32, 64, 128, 256),
                    anchor_scales=(1.0, 1.26, 1.587),                 # ~2^(0, 1/3, 2/3)
                    rpn_pre_nms_top_n_train=500, rpn_post_nms_top_n_train=256,
