@@ -543,8 +543,8 @@ for (flip, rescore), m in ablation.items():
 
 # %% [markdown]
 # On the 200 validation images of `mrcnn-ref evaluate` the bundled checkpoint's segm AP goes from
-# 0.842 (neither) to 0.850 (flip only), 0.849 (rescoring only) and 0.866 (both), and its bbox AP
-# from 0.832 to 0.857 with both (README, "Training status"). On a handful of images, as in smoke
+# 0.835 (neither) to 0.856 (flip only), 0.843 (rescoring only) and 0.858 (both), and its bbox AP
+# from 0.831 to 0.851 (flip) and 0.853 (both) (README, "Training status"). On a handful of images, as in smoke
 # mode here, the differences are noise. Note what does *not* move much: AP50. The objects missed
 # at IoU 0.5 are mostly shapes with another shape inside them (a ring-shaped visible mask), which
 # neither view gets right.
