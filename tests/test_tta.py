@@ -193,3 +193,22 @@ def test_flip_tta_runs_and_does_not_hurt_the_masks(bundled):
         model.config = base
     assert s_plain.shape != s_flip.shape or not np.allclose(s_plain, s_flip)
     assert flipped >= plain - 0.01, (plain, flipped)
+
+
+def test_flip_tta_on_an_image_whose_size_is_not_a_multiple_of_32(bundled):
+    """The mirror is taken of the unpadded image (then padded on the right like the image), so
+    mirrored boxes map back into the image: every box lies inside the 77-px-wide crop."""
+    from mrcnn_ref.data.transforms import to_model_input
+
+    model, rcfg, _ = bundled
+    sample = _val_images(rcfg, 1)[0]
+    crop = np.ascontiguousarray(sample["image"][:100, :77])
+    base = model.config
+    try:
+        model.config = with_inference_overrides(base, {"test_flip": True})
+        det = model.predict(to_model_input(crop)[None])
+    finally:
+        model.config = base
+    assert det["masks"].shape[1:] == (100, 77) and len(det["boxes"]) > 0
+    assert np.all(det["boxes"][:, [0, 2]] <= 77) and np.all(det["boxes"][:, [1, 3]] <= 100)
+    assert np.all(det["boxes"] >= 0)
