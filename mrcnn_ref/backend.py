@@ -23,6 +23,7 @@ import types
 import numpy as np
 
 __all__ = [
+    "argsort_descending",
     "available_backends",
     "asnumpy",
     "cupy_available",
@@ -123,6 +124,13 @@ def get_array_module(*arrays):
             raise TypeError("arrays from different backends (numpy and cupy) were mixed; move them "
                             "to one device first (mrcnn_ref.backend.to_device)")
     return found if found is not None else _default
+
+
+def argsort_descending(a):
+    """Indices that sort the 1-D array ``a`` by decreasing value, ties in index order (NumPy's
+    stable sort; CuPy's argsort, which takes no ``kind``, is a stable radix sort)."""
+    xp = get_array_module(a)
+    return xp.argsort(-a, kind="stable") if xp is np else xp.argsort(-a)
 
 
 def asnumpy(a):

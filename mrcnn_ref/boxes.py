@@ -40,6 +40,7 @@ __all__ = [
     "decode_boxes",
     "box_xyxy_to_xywh",
     "box_xywh_to_xyxy",
+    "hflip_boxes",
 ]
 
 #: Regression weights of the RPN (anchors -> proposals).
@@ -253,4 +254,16 @@ def box_xywh_to_xyxy(boxes):
     xp = get_array_module(boxes)
     out = xp.array(boxes, copy=True)
     out[:, 2:] = boxes[:, :2] + boxes[:, 2:]
+    return out
+
+
+def hflip_boxes(boxes, width):
+    """Boxes ``(N, 4)`` ``(x1, y1, x2, y2)`` of an image ``width`` pixels wide, in the left-right
+    mirror of that image: ``(width - x2, y1, width - x1, y2)``. Its own inverse. Used by the flip
+    augmentation (:func:`mrcnn_ref.data.transforms.hflip`) and the flip test-time augmentation
+    (:mod:`mrcnn_ref.model.tta`)."""
+    check_array(boxes, "boxes", "hflip_boxes", shape=(None, 4))
+    out = boxes.copy()
+    out[:, 0] = width - boxes[:, 2]
+    out[:, 2] = width - boxes[:, 0]
     return out

@@ -53,3 +53,9 @@ def test_cupy_module_detection():
     assert isinstance(backend.asnumpy(a), np.ndarray)
     with pytest.raises(TypeError, match="mixed"):
         backend.get_array_module(a, np.zeros(3))
+
+
+def test_argsort_descending_keeps_ties_in_index_order():
+    a = np.array([0.3, 0.9, 0.3, 0.9, 0.1, 0.3], np.float32)
+    np.testing.assert_array_equal(backend.argsort_descending(a), [1, 3, 0, 2, 5, 4])
+    assert backend.argsort_descending(np.zeros(0)).shape == (0,)

@@ -238,3 +238,22 @@ def test_cupy_matches_numpy():
     glab, gm = label_anchors(ganchors, gb[:3])
     np.testing.assert_array_equal(cp.asnumpy(glab), lab)
     np.testing.assert_array_equal(cp.asnumpy(gm), m)
+
+
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 20))
+def test_hflip_boxes_is_an_involution_and_matches_flipped_masks(seed, n):
+    from mrcnn_ref.boxes import hflip_boxes
+    from mrcnn_ref.data.masks import masks_to_boxes
+
+    rng = np.random.default_rng(seed)
+    x1, y1 = rng.uniform(0, 60, (2, n))
+    b = np.stack([x1, y1, x1 + rng.uniform(1, 4, n), y1 + rng.uniform(1, 4, n)], axis=1)
+    np.testing.assert_allclose(hflip_boxes(hflip_boxes(b, 64), 64), b, atol=1e-12)
+    # integer boxes of rectangle masks: the mirrored mask's tight box is the mirrored box
+    x1, y1 = rng.integers(0, 60, 2)
+    x2, y2 = x1 + rng.integers(1, 64 - x1 + 1), y1 + rng.integers(1, 64 - y1 + 1)
+    m = np.zeros((1, 64, 64), bool)
+    m[0, y1:y2, x1:x2] = True
+    np.testing.assert_array_equal(masks_to_boxes(m[:, :, ::-1]), hflip_boxes(masks_to_boxes(m), 64))
+    with pytest.raises(ValueError, match="hflip_boxes"):
+        hflip_boxes(np.zeros((3, 5)), 64)

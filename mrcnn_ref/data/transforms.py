@@ -18,6 +18,7 @@ import numpy as np
 
 from .._checks import check_array
 from ..backend import asnumpy, get_array_module
+from ..boxes import hflip_boxes
 
 __all__ = ["MEAN", "STD", "hflip", "random_hflip", "to_model_input"]
 
@@ -34,13 +35,6 @@ def _check_sample(sample, where):
     check_array(sample["image"], "sample['image']", where, ndim=(2, 3))
 
 
-def _flip_boxes(boxes, width):
-    out = boxes.copy()
-    out[:, 0] = width - boxes[:, 2]
-    out[:, 2] = width - boxes[:, 0]
-    return out
-
-
 def hflip(sample):
     """Mirror a sample left-right: image columns, box x-coordinates (x1' = W - x2, x2' = W - x1),
     mask columns (and ``crowd_boxes`` if present). Other entries are copied unchanged.
@@ -54,7 +48,7 @@ def hflip(sample):
     for key in ("boxes", "crowd_boxes"):
         if key in sample:
             b = check_array(sample[key], f"sample[{key!r}]", where, shape=(None, 4))
-            out[key] = _flip_boxes(b, w)
+            out[key] = hflip_boxes(b, w)
     if "masks" in sample:
         m = check_array(sample["masks"], "sample['masks']", where, ndim=3)
         if m.shape[2] != w:

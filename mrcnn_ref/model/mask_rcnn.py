@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._checks import check_array
-from ..backend import get_array_module
+from ..backend import argsort_descending, get_array_module
 from ..nn.module import Module
 from .config import MaskRCNNConfig, load_config
 from .multilevel_roi import multilevel_roi_backward, multilevel_roi_forward
@@ -299,6 +299,7 @@ class MaskRCNN(Module):
         ``config.mask_rescoring`` each score is multiplied by its mask's maskness
         (:mod:`mrcnn_ref.model.tta`).
         """
+        from ..boxes import hflip_boxes  # noqa: PLC0415
         from ..data.masks import paste_masks_in_image  # noqa: PLC0415
         from . import tta  # noqa: PLC0415
 
@@ -321,7 +322,7 @@ class MaskRCNN(Module):
                 # the mirror of the *unpadded* image, padded on the right like the image itself
                 feats_m = self.backbone(self._prepare_image(images[:, :, :, ::-1], where)[0])
                 class_logits, box_deltas = tta.average_flipped_box_outputs(
-                    class_logits, box_deltas, *self._box_outputs(feats_m, tta.mirror_boxes(proposals, w)))
+                    class_logits, box_deltas, *self._box_outputs(feats_m, hflip_boxes(proposals, w)))
             boxes, scores, labels = postprocess_detections(
                 class_logits, box_deltas, proposals, (h, w),
                 score_thresh=cfg.score_thresh if score_thresh is None else score_thresh,
@@ -330,11 +331,11 @@ class MaskRCNN(Module):
             if boxes.shape[0] > 0:
                 probs = self._mask_probs(feats, boxes, labels)
                 if feats_m is not None:
-                    probs_m = self._mask_probs(feats_m, tta.mirror_boxes(boxes, w), labels)
+                    probs_m = self._mask_probs(feats_m, hflip_boxes(boxes, w), labels)
                     probs = 0.5 * (probs + tta.unflip_masks(probs_m))
                 if cfg.mask_rescoring:
                     scores = scores * tta.maskness(probs, cfg.mask_threshold)
-                    order = xp.argsort(-scores, kind="stable") if xp is np else xp.argsort(-scores)
+                    order = argsort_descending(scores)
                     boxes, scores, labels, probs = boxes[order], scores[order], labels[order], probs[order]
                 masks = paste_masks_in_image(probs, boxes, (h, w), threshold=cfg.mask_threshold)
             else:

@@ -29,19 +29,9 @@ import numpy as np
 from .._checks import check_array
 from ..backend import get_array_module
 
-__all__ = ["mirror_boxes", "average_flipped_box_outputs", "unflip_masks", "maskness"]
+__all__ = ["average_flipped_box_outputs", "unflip_masks", "maskness"]
 
-
-def mirror_boxes(boxes, width):
-    """Boxes ``(N, 4)`` ``(x1, y1, x2, y2)`` of an image of width ``width``, in the mirrored image:
-    ``(w - x2, y1, w - x1, y2)``. Its own inverse."""
-    check_array(boxes, "boxes", "mirror_boxes", ndim=2)
-    if boxes.shape[1] != 4:
-        raise ValueError(f"mirror_boxes: boxes must have shape (N, 4), got {tuple(boxes.shape)}")
-    out = boxes.copy()
-    out[:, 0] = width - boxes[:, 2]
-    out[:, 2] = width - boxes[:, 0]
-    return out
+# Boxes go into the mirror and back with mrcnn_ref.boxes.hflip_boxes (the flip augmentation's).
 
 
 def average_flipped_box_outputs(class_logits, box_deltas, class_logits_mirror, box_deltas_mirror):
