@@ -1,6 +1,6 @@
 """Forward + backward timings: mrcnn_ref (NumPy) side by side with torch CPU (when installed).
 
-    python benchmarks/bench_layers.py [--repeats 10] [--threads 2]
+    python benchmarks/bench_layers.py [--repeats 10] [--threads 2] [--malloc-default]
 
 Cases (float32):
   * conv3x3 64->64, batch 2, 64x64, padding 1 — target: NumPy within 2x of torch;
@@ -9,7 +9,9 @@ NumPy and torch are timed in alternating blocks of 5 steps (see ``interleaved_ti
 machine whose speed drifts during the run (a shared VM can drift by 2x within minutes) slows both
 alike; the median of each and the median of the ratios of same-round steps are printed. NumPy's BLAS threads follow
 OMP_NUM_THREADS / OPENBLAS_NUM_THREADS; set them to the same value as ``--threads`` for a fair
-comparison (this script sets them before importing NumPy when they are unset).
+comparison (this script sets them before importing NumPy when they are unset). Like the CLI, it
+first calls ``mrcnn_ref.memory.retain_freed_memory`` (freed temporaries are reused instead of
+page-faulted back in; ``--malloc-default`` skips it, to see the difference).
 """
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ def _parse():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--malloc-default", action="store_true",
+                    help="leave glibc's malloc as it is (default: mrcnn_ref.memory.retain_freed_memory, "
+                         "as the CLI does; the same process runs torch, so both get it)")
     return ap.parse_args()
 
 
@@ -35,6 +40,7 @@ if ARGS is not None:
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from mrcnn_ref.memory import retain_freed_memory  # noqa: E402
 from mrcnn_ref.model.backbone import resnet_fpn_tiny  # noqa: E402
 from mrcnn_ref.nn.layers import Conv2d  # noqa: E402
 
@@ -165,6 +171,7 @@ def torch_backbone(torch):
 
 
 def main(args):
+    retained = False if args.malloc_default else retain_freed_memory()
     try:
         import torch
         torch.set_num_threads(args.threads)
@@ -172,7 +179,8 @@ def main(args):
         torch = None
     rows = [("conv3x3 64->64, 2x64x64x64 (fwd+bwd)", numpy_conv, torch_conv),
             ("tiny ResNet-FPN, 1x3x128x128 (fwd+bwd)", numpy_backbone, torch_backbone)]
-    print(f"threads={args.threads}  repeats={args.repeats}  (medians after warm-up, interleaved)")
+    print(f"threads={args.threads}  repeats={args.repeats}  retain_freed_memory={retained}  "
+          "(medians after warm-up, interleaved)")
     print(f"{'case':42s} {'numpy':>10s} {'torch':>10s} {'numpy/torch':>12s}")
     for name, fnp, ftorch in rows:
         if torch is None:
