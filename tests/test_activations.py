@@ -18,6 +18,9 @@ def test_hand_computed():
     out, cache = relu_forward(x)
     np.testing.assert_array_equal(out, [0.0, 0.0, 0.0, 1e-300, 3.0])
     np.testing.assert_array_equal(relu_backward(np.full(5, 7.0), cache), [0, 0, 0, 7.0, 7.0])
+    # a NaN stays NaN (as torch.relu), it is not hidden as 0; it is not "> 0", so no gradient
+    out, cache = relu_forward(np.array([np.nan, -1.0]))
+    assert np.isnan(out[0]) and out[1] == 0 and not cache.any()
 
 
 @given(array_shapes(min_dims=1, max_dims=4, max_side=4), st.integers(0, 999))
