@@ -151,6 +151,9 @@ def _run_config_from_dict(d: dict, name: str) -> RunConfig:
         raise TypeError(f"run config: expected a dict with 'model' and 'train' sections, got {type(d).__name__}")
     d = dict(d)
     base_name = d.pop("preset", None)
+    # the config.json a run writes records its seed too, so it can be given back as --config; the
+    # seed of a new run is still chosen by train(seed=...) / --seed
+    d.pop("seed", None)
     unknown = sorted(set(d) - {"model", "train", "name"})
     if unknown:
         raise ValueError(f"run config {name!r}: unknown section(s) {unknown}; expected 'model', 'train' "
@@ -321,7 +324,11 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
             raise ValueError(f"train --resume: no checkpoint_*.npz in {out_dir!r} to resume from")
         ck = load_checkpoint(path, expected=model.named_parameters())
         saved = ck["config"] or {}
-        if saved.get("model") != json.loads(json.dumps(rcfg.model.to_dict())):
+        try:   # through the loader, so fields added to the config since the save get their defaults
+            saved_model = json.loads(json.dumps(load_config(dict(saved["model"])).to_dict()))
+        except (KeyError, TypeError, ValueError):
+            saved_model = None
+        if saved_model != json.loads(json.dumps(rcfg.model.to_dict())):
             raise ValueError(f"train --resume: {path} was written with a different model config; "
                              "resume with the same --config")
         if (ck["extra"] or {}).get("seed") != seed:

@@ -27,6 +27,9 @@ def test_tiny_run_writes_everything(tmp_path):
         assert (out / name).is_file(), name
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["seed"] == 1 and cfg["train"]["iterations"] == 8
+    # the written config.json is itself a valid --config (its "seed" entry is a record only)
+    again = load_run_config(str(out / "config.json"))
+    assert again.to_dict() == {k: v for k, v in cfg.items() if k != "seed"}
     model, rcfg, extra = load_model(str(out / "model.npz"))
     assert extra["iteration"] == 8
     assert [c["name"] for c in extra["categories"]] == ["square", "circle", "triangle"]
@@ -50,6 +53,28 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     b = load_checkpoint(str(part / "model.npz"))["params"]
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_resume_from_a_checkpoint_saved_before_a_config_field_existed(tmp_path):
+    """A checkpoint whose config lacks a field added later (here mask_rois_per_image, as in the
+    checkpoints of earlier versions) resumes: the missing field takes its default."""
+    from mrcnn_ref.nn.checkpoint import save_checkpoint
+
+    out = tmp_path / "run"
+    short = {**TINY, "train": {**TINY["train"], "iterations": 4}}
+    train(short, str(out), seed=0, progress=False, log=_quiet)
+    path = str(out / "checkpoint_000004.npz")
+    ck = load_checkpoint(path)
+    del ck["config"]["model"]["mask_rois_per_image"]
+    save_checkpoint(path, ck["params"], ck["optimizer_state"], config=ck["config"], extra=ck["extra"])
+    h = train(TINY, str(out), seed=0, resume=True, progress=False, log=_quiet)
+    assert len(h["total"]) == 8
+    # a real difference in the model config is still refused
+    ck["config"]["model"]["mask_head_channels"] = 99
+    save_checkpoint(path, ck["params"], ck["optimizer_state"], config=ck["config"], extra=ck["extra"])
+    os.remove(out / "checkpoint_000008.npz")
+    with pytest.raises(ValueError, match="different model config"):
+        train(TINY, str(out), seed=0, resume=True, progress=False, log=_quiet)
 
 
 def test_resume_refuses_other_seed_and_missing_checkpoint(tmp_path):
