@@ -6,19 +6,20 @@ on what it has seen) with a new ``mmap`` and gives it back to the kernel on ``fr
 at the top of the heap beyond the *trim threshold* is handed back too. The next step asks for
 the same sizes again, and the kernel must supply fresh zero-filled pages: one page fault per
 4 KiB. A 3×3 convolution on a 2×64×64×64 float32 input makes a 19 MB column matrix — ~4,600
-page faults — several times per forward + backward. Measured on the project's 2-core machine:
+pages — and a second one for its input gradient. Measured on the project's 2-core machine:
 
 * the 3×3 convolution of ``benchmarks/bench_layers.py``, forward + backward: ~3,500 page faults
   -> 0 and 38 -> 26 ms (median of 30, three alternating runs each way);
 * one training step of the shapes model: ~6,000 page faults -> 0; the last 500 steps of the
-  shapes recipe (two processes) 89 -> 80 s.
+  shapes recipe (two processes) 89 -> 80 s; the whole run, with the faster ReLU, 24 min 55 s ->
+  21 min 19 s for bit-identical weights.
 
 :func:`retain_freed_memory` raises both thresholds (glibc's ``mallopt``), so freed blocks stay
 in the process and are reused by the next step. The cost: the process keeps the memory of its
 largest step (its resident size no longer shrinks between steps, and may grow a little from
-fragmentation: peak RSS of shapes training 157 -> 182 MB per process). PyTorch keeps CPU memory
-for the same reason (its caching allocators). It is process-wide, so the library never calls it
-on import: the CLI and the benchmarks do, and so may your own scripts.
+fragmentation: peak resident size of the shapes run 141 -> 170 MB per process). It is
+process-wide, so the library never calls it on import: the CLI and the benchmarks do, and so may
+your own scripts.
 
 Other C libraries (musl, macOS, Windows) have no ``mallopt`` with these options; there it does
 nothing and returns ``False``.
