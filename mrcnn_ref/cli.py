@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a model.npz written by train")
     p.add_argument("--split", default="val", help="shapes split: val (default) or train")
     p.add_argument("--num-images", type=int, default=200, help="number of images (default 200)")
+    p.add_argument("--first-image", type=int, default=0,
+                   help="index of the first image (default 0). Shapes: `--split train --first-image "
+                        "2000` gives training-split images the recipe never trains on (it uses the "
+                        "first 2,000): a tuning set apart from val")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--coco-annotations", default=None, help="evaluate on a COCO instances JSON instead")
     p.add_argument("--coco-images", default=None, help="image folder for --coco-annotations")
@@ -106,9 +110,18 @@ def _cmd_evaluate(args) -> int:
 
         dataset = CocoDataset(args.coco_annotations, args.coco_images)
     else:
-        dataset = build_dataset(rcfg.train, args.split)
-    num = min(args.num_images, len(dataset))
-    res = evaluate_model(model, dataset, args.out, num_images=num, progress=not args.no_progress)
+        if args.first_image < 0 or args.num_images <= 0:
+            raise ValueError(f"evaluate: need --first-image >= 0 and --num-images > 0, got "
+                             f"{args.first_image} and {args.num_images}")
+        # shapes images are generated from their index: any range of a split exists
+        n_split = None if rcfg.train.dataset != "shapes" else args.first_image + args.num_images
+        dataset = build_dataset(rcfg.train, args.split, num_images=n_split)
+    num = max(min(args.num_images, len(dataset) - args.first_image), 0)
+    if num == 0:
+        raise ValueError(f"evaluate: --first-image {args.first_image} is past the last image "
+                         f"({len(dataset)} images)")
+    res = evaluate_model(model, dataset, args.out, num_images=num, progress=not args.no_progress,
+                         first_image=args.first_image)
     b, s = res["bbox"], res["segm"]
     print(f"{num} images, {res['seconds_per_image']:.3f} s/image")
     print(f"bbox AP {b['AP']:.4f}  AP50 {b['AP50']:.4f}  AP75 {b['AP75']:.4f}")

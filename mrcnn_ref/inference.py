@@ -28,20 +28,24 @@ def _predict_sample(model, image_uint8):
 
 
 def evaluate_model(model, dataset, out_dir, num_images=None, label_to_cat_id=None, progress=True,
-                   log=print) -> dict:
-    """Predict on the first ``num_images`` images of ``dataset`` and score them the COCO way.
+                   log=print, first_image: int = 0) -> dict:
+    """Predict on ``num_images`` images of ``dataset`` from index ``first_image`` on (default:
+    all from the first) and score them the COCO way.
 
     Returns ``{"bbox": metrics, "segm": metrics, "seconds_per_image": s}`` and writes the three
     JSON files into ``out_dir``.
     """
-    n = len(dataset) if num_images is None else int(num_images)
+    if isinstance(first_image, bool) or not isinstance(first_image, int) or first_image < 0:
+        raise ValueError(f"evaluate: first_image must be an int >= 0, got {first_image!r}")
+    n = len(dataset) - first_image if num_images is None else int(num_images)
     if n <= 0:
         raise ValueError(f"evaluate: num_images must be > 0, got {num_images}")
-    if n > len(dataset):
-        raise ValueError(f"evaluate: asked for {n} images but the split has only {len(dataset)}")
+    if first_image + n > len(dataset):
+        raise ValueError(f"evaluate: asked for images {first_image}..{first_image + n - 1} but the "
+                         f"split has only {len(dataset)}")
     os.makedirs(out_dir, exist_ok=True)
     label_to_cat_id = label_to_cat_id or dict(dataset.label_to_cat_id)
-    indices = list(range(n))
+    indices = list(range(first_image, first_image + n))
     gt = dataset.to_coco(indices)
     results = []
     it = indices

@@ -40,6 +40,15 @@ def test_train_evaluate_predict_roundtrip(tmp_path, capsys):
     preds = json.loads((ev / "predictions.json").read_text())
     assert all({"image_id", "category_id", "bbox", "score", "segmentation"} <= set(p) for p in preds)
 
+    # --first-image: training-split images past the 16 the tiny recipe trains on (a tuning set)
+    tune = tmp_path / "tune"
+    assert main(["evaluate", "--checkpoint", str(run / "model.npz"), "--split", "train",
+                 "--first-image", "16", "--num-images", "2", "--out", str(tune), "--no-progress"]) == 0
+    gt = json.loads((tune / "ground_truth.json").read_text())
+    assert [im["id"] for im in gt["images"]] == [17, 18]
+    assert [im["file_name"] for im in gt["images"]] == ["shapes_train_000016.png", "shapes_train_000017.png"]
+    assert {p["image_id"] for p in json.loads((tune / "predictions.json").read_text())} <= {17, 18}
+
     img = tmp_path / "img.png"
     io.imsave(img, ShapesDataset("val", num_images=1, image_size=64)[0]["image"], check_contrast=False)
     out_png = tmp_path / "pred.png"
@@ -56,6 +65,8 @@ def test_train_evaluate_predict_roundtrip(tmp_path, capsys):
      "cannot be changed after training"),
     (["evaluate", "--checkpoint", "{bundled}", "--out", "{tmp}/e", "--set", "test_flip=maybe"],
      "must be JSON"),
+    (["evaluate", "--checkpoint", "{bundled}", "--out", "{tmp}/e", "--first-image", "-1"],
+     "--first-image >= 0"),
 ])
 def test_user_errors_are_one_line_exit_2(tmp_path, capsys, argv, needle):
     from mrcnn_ref.train import BUNDLED_CHECKPOINT
