@@ -27,7 +27,7 @@ import numpy as np
 
 from ._io import write_json
 from .backend import get_backend
-from .model.config import MaskRCNNConfig, load_config
+from .model.config import INFERENCE_KEYS, MaskRCNNConfig, load_config
 from .nn.checkpoint import load_checkpoint, save_checkpoint
 from .nn.optim import SGD, WarmupCosineLR, WarmupMultiStepLR, clip_grad_norm, global_grad_norm
 from .parallel import GradientWorkers, can_fork, share_parameters
@@ -324,11 +324,16 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
             raise ValueError(f"train --resume: no checkpoint_*.npz in {out_dir!r} to resume from")
         ck = load_checkpoint(path, expected=model.named_parameters())
         saved = ck["config"] or {}
+        def trained_part(cfg):
+            """The fields that shape the weights (inference-only settings may differ)."""
+            d = json.loads(json.dumps(cfg.to_dict()))
+            return {k: v for k, v in d.items() if k not in INFERENCE_KEYS}
+
         try:   # through the loader, so fields added to the config since the save get their defaults
-            saved_model = json.loads(json.dumps(load_config(dict(saved["model"])).to_dict()))
+            saved_model = trained_part(load_config(dict(saved["model"])))
         except (KeyError, TypeError, ValueError):
             saved_model = None
-        if saved_model != json.loads(json.dumps(rcfg.model.to_dict())):
+        if saved_model != trained_part(rcfg.model):
             raise ValueError(f"train --resume: {path} was written with a different model config; "
                              "resume with the same --config")
         if (ck["extra"] or {}).get("seed") != seed:

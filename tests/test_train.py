@@ -57,7 +57,8 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
 
 def test_resume_from_a_checkpoint_saved_before_a_config_field_existed(tmp_path):
     """A checkpoint whose config lacks a field added later (here mask_rois_per_image, as in the
-    checkpoints of earlier versions) resumes: the missing field takes its default."""
+    checkpoints of earlier versions) resumes: the missing field takes its default. So does one
+    whose inference settings differ; one whose trained model differs does not."""
     from mrcnn_ref.nn.checkpoint import save_checkpoint
 
     out = tmp_path / "run"
@@ -69,6 +70,11 @@ def test_resume_from_a_checkpoint_saved_before_a_config_field_existed(tmp_path):
     save_checkpoint(path, ck["params"], ck["optimizer_state"], config=ck["config"], extra=ck["extra"])
     h = train(TINY, str(out), seed=0, resume=True, progress=False, log=_quiet)
     assert len(h["total"]) == 8
+    # an inference-only setting (here the detection NMS threshold) may differ: it shapes no weights
+    ck["config"]["model"]["nms_thresh"] = 0.3
+    save_checkpoint(path, ck["params"], ck["optimizer_state"], config=ck["config"], extra=ck["extra"])
+    os.remove(out / "checkpoint_000008.npz")
+    assert len(train(TINY, str(out), seed=0, resume=True, progress=False, log=_quiet)["total"]) == 8
     # a real difference in the model config is still refused
     ck["config"]["model"]["mask_head_channels"] = 99
     save_checkpoint(path, ck["params"], ck["optimizer_state"], config=ck["config"], extra=ck["extra"])
