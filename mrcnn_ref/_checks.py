@@ -29,11 +29,11 @@ def check_array(x, name: str, where: str, ndim=None, shape=None, floating: bool 
         if x.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape)):
             want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
             raise ValueError(f"{where}: {name} must have shape {want}, got {tuple(x.shape)}")
-    if floating and not np.issubdtype(x.dtype, np.floating):
+    if floating and not x.dtype.kind == "f":
         raise TypeError(f"{where}: {name} must be a floating-point array (float32/float64), got {x.dtype}")
     if finite and x.size:
         xp = get_array_module(x)
-        if np.issubdtype(x.dtype, np.floating) and not bool(xp.isfinite(x).all()):
+        if x.dtype.kind == "f" and not bool(xp.isfinite(x).all()):
             raise ValueError(f"{where}: {name} contains NaN or inf values")
     return x
 

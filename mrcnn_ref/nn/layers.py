@@ -50,7 +50,7 @@ class _Layer(Module):
         where = self.describe()
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
             raise TypeError(f"{where}: expected a NumPy/CuPy array as input, got {type(x).__name__}")
-        if not np.issubdtype(x.dtype, np.floating):
+        if not x.dtype.kind == "f":
             raise TypeError(f"{where}: expected a floating-point input (float32/float64), got dtype {x.dtype}")
         dt = self.dtype
         if dt is not None and x.dtype != dt:
@@ -214,7 +214,7 @@ class ReLU(_Layer):
     """``max(x, 0)`` elementwise (any shape)."""
 
     def forward(self, x):
-        if not hasattr(x, "dtype") or not np.issubdtype(x.dtype, np.floating):
+        if not hasattr(x, "dtype") or not x.dtype.kind == "f":
             raise TypeError(f"{self.describe()}: expected a floating-point array, got "
                             f"{getattr(x, 'dtype', type(x).__name__)}")
         out, cache = relu_forward(x)
