@@ -38,10 +38,12 @@ def test_freed_blocks_are_reused_instead_of_page_faulted_back():
     ok, retained = _faults("retain")
     _, default = _faults("default")
     assert ok == "True"
-    # with glibc's defaults some of the freed temporaries go back to the kernel and the next pass
-    # page-faults them in again (~3,500 faults per pass measured); kept, they are simply reused
-    assert default > 5 * 1000, default
-    assert retained < default / 20, (retained, default)
+    # kept, the freed temporaries are simply reused: (almost) no page fault after the first pass.
+    # With glibc 2.36's defaults some go back to the kernel and each pass page-faults them in
+    # again (~3,500 faults per pass measured on the project's machine; other versions may differ,
+    # so only the retained count is held to a bound)
+    assert retained <= 100, (retained, default)
+    assert default >= retained, (retained, default)
 
 
 def test_bad_limit():
