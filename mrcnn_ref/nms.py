@@ -62,8 +62,8 @@ def nms(boxes, scores, iou_threshold: float, method: str = "auto"):
     """Greedy non-maximum suppression (same signature and result as ``torchvision.ops.nms``).
 
     boxes: (N, 4) floating (x1, y1, x2, y2); scores: (N,) floating; iou_threshold in [0, 1].
-    method: ``"auto"`` (default), ``"greedy"``, ``"sparse"`` or ``"matrix"`` (see the module docstring); all
-    return the same indices.
+    method: ``"auto"`` (default), ``"greedy"``, ``"sparse"`` or ``"matrix"`` (see the module
+    docstring); all return the same indices.
     Returns (K,) int64 indices of the kept boxes, sorted by decreasing score (an empty array for
     N = 0), in the array module of ``boxes``. CuPy inputs are processed on the host.
     """
@@ -96,7 +96,8 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float, method: str = "auto")
 
 def _nms(boxes, scores, t, idxs, method, where):
     if method not in ("auto", "greedy", "sparse", "matrix"):
-        raise ValueError(f"{where}: method must be 'auto', 'greedy', 'sparse' or 'matrix', got {method!r}")
+        raise ValueError(f"{where}: method must be 'auto', 'greedy', 'sparse' or 'matrix', "
+                         f"got {method!r}")
     xp = get_array_module(boxes, scores)
     n = boxes.shape[0]
     if n == 0:
@@ -129,6 +130,12 @@ def _nms(boxes, scores, t, idxs, method, where):
 # sparse solver about _PER_PAIR per candidate pair.
 _STEP, _PER_PAIR_DENSE, _PER_PAIR = 60e-6, 8e-9, 20e-9
 _BLOCK = 32
+
+
+def _coords_and_area(b):
+    """``(x1, y1, x2, y2, area)`` of boxes ``b (N, 4)``, each a contiguous (N,) array."""
+    x1, y1, x2, y2 = (np.ascontiguousarray(b[:, k]) for k in range(4))
+    return x1, y1, x2, y2, (x2 - x1) * (y2 - y1)
 
 
 def _iou_rows(x1, y1, x2, y2, area, rows, cols):
@@ -165,11 +172,8 @@ def _matrix(b, t, groups):
     keep = []
     with np.errstate(invalid="ignore", divide="ignore"):
         for g in groups:
-            bx = b[g]
-            x1, y1, x2, y2 = (np.ascontiguousarray(bx[:, k]) for k in range(4))
-            area = (x2 - x1) * (y2 - y1)
             rows = np.arange(g.size)
-            sup = np.triu(_iou_rows(x1, y1, x2, y2, area, rows, rows) > t, 1)   # (k, k)
+            sup = np.triu(_iou_rows(*_coords_and_area(b[g]), rows, rows) > t, 1)   # (k, k)
             packed = np.packbits(sup, axis=1, bitorder="little")     # row i: bit j = i suppresses j
             dead = 0
             for i in range(g.size):
@@ -192,8 +196,7 @@ def _greedy(b, t, c, switch=False):
     same order -- are handed to it.
     """
     n = b.shape[0]
-    x1, y1, x2, y2 = (np.ascontiguousarray(b[:, k]) for k in range(4))
-    area = (x2 - x1) * (y2 - y1)
+    x1, y1, x2, y2, area = _coords_and_area(b)
     pos = np.arange(n)            # remaining candidates (positions in score order)
     keep = []
     bits = 1 << np.arange(_BLOCK, dtype=np.int64)
@@ -264,8 +267,7 @@ def _candidate_pairs(b, t):
     p = np.repeat(np.arange(n), cnt)
     # q = start[p] + (0, 1, ..., cnt[p]-1) for each p
     q = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt - start, cnt)
-    x1, y1, x2, y2 = (np.ascontiguousarray(bs[:, k]) for k in range(4))
-    area = (x2 - x1) * (y2 - y1)
+    x1, y1, x2, y2, area = _coords_and_area(bs)
     w = np.minimum(x2[p], x2[q])
     w -= np.maximum(x1[p], x1[q])
     h = np.minimum(y2[p], y2[q])
