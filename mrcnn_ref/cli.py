@@ -110,16 +110,12 @@ def _cmd_evaluate(args) -> int:
 
         dataset = CocoDataset(args.coco_annotations, args.coco_images)
     else:
-        if args.first_image < 0 or args.num_images <= 0:
-            raise ValueError(f"evaluate: need --first-image >= 0 and --num-images > 0, got "
-                             f"{args.first_image} and {args.num_images}")
         # shapes images are generated from their index: any range of a split exists
-        n_split = None if rcfg.train.dataset != "shapes" else args.first_image + args.num_images
+        n_split = (None if rcfg.train.dataset != "shapes"
+                   else max(args.first_image, 0) + max(args.num_images, 1))
         dataset = build_dataset(rcfg.train, args.split, num_images=n_split)
-    num = max(min(args.num_images, len(dataset) - args.first_image), 0)
-    if num == 0:
-        raise ValueError(f"evaluate: --first-image {args.first_image} is past the last image "
-                         f"({len(dataset)} images)")
+    # at most what the data holds from --first-image on; evaluate_model checks the arguments
+    num = min(args.num_images, max(len(dataset) - args.first_image, 1))
     res = evaluate_model(model, dataset, args.out, num_images=num, progress=not args.no_progress,
                          first_image=args.first_image)
     b, s = res["bbox"], res["segm"]

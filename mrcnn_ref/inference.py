@@ -37,12 +37,12 @@ def evaluate_model(model, dataset, out_dir, num_images=None, label_to_cat_id=Non
     """
     if isinstance(first_image, bool) or not isinstance(first_image, int) or first_image < 0:
         raise ValueError(f"evaluate: first_image must be an int >= 0, got {first_image!r}")
+    if num_images is not None and int(num_images) <= 0:
+        raise ValueError(f"evaluate: num_images must be > 0, got {num_images}")
     if first_image >= len(dataset):
         raise ValueError(f"evaluate: first_image {first_image} is past the last image "
                          f"({len(dataset)} images)")
     n = len(dataset) - first_image if num_images is None else int(num_images)
-    if n <= 0:
-        raise ValueError(f"evaluate: num_images must be > 0, got {num_images}")
     if first_image + n > len(dataset):
         raise ValueError(f"evaluate: asked for images {first_image}..{first_image + n - 1} but the "
                          f"split has only {len(dataset)}")

@@ -243,6 +243,13 @@ def _sample_targets(sample, xp):
             "masks": xp.asarray(sample["masks"])}
 
 
+def _trained_fields(model_cfg: MaskRCNNConfig) -> dict:
+    """The model config fields that shape the weights, JSON-normalised (``--resume`` compares
+    these; inference-only settings such as ``nms_thresh`` may differ)."""
+    d = json.loads(json.dumps(model_cfg.to_dict()))
+    return {k: v for k, v in d.items() if k not in INFERENCE_KEYS}
+
+
 def _checkpoint_path(out_dir, it=None):
     return os.path.join(out_dir, "model.npz" if it is None else f"checkpoint_{it:06d}.npz")
 
@@ -324,16 +331,11 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
             raise ValueError(f"train --resume: no checkpoint_*.npz in {out_dir!r} to resume from")
         ck = load_checkpoint(path, expected=model.named_parameters())
         saved = ck["config"] or {}
-        def trained_part(cfg):
-            """The fields that shape the weights (inference-only settings may differ)."""
-            d = json.loads(json.dumps(cfg.to_dict()))
-            return {k: v for k, v in d.items() if k not in INFERENCE_KEYS}
-
         try:   # through the loader, so fields added to the config since the save get their defaults
-            saved_model = trained_part(load_config(dict(saved["model"])))
+            saved_model = _trained_fields(load_config(dict(saved["model"])))
         except (KeyError, TypeError, ValueError):
             saved_model = None
-        if saved_model != trained_part(rcfg.model):
+        if saved_model != _trained_fields(rcfg.model):
             raise ValueError(f"train --resume: {path} was written with a different model config; "
                              "resume with the same --config")
         if (ck["extra"] or {}).get("seed") != seed:

@@ -66,7 +66,11 @@ def test_train_evaluate_predict_roundtrip(tmp_path, capsys):
     (["evaluate", "--checkpoint", "{bundled}", "--out", "{tmp}/e", "--set", "test_flip=maybe"],
      "must be JSON"),
     (["evaluate", "--checkpoint", "{bundled}", "--out", "{tmp}/e", "--first-image", "-1"],
-     "--first-image >= 0"),
+     "first_image must be an int >= 0"),
+    (["evaluate", "--checkpoint", "{bundled}", "--out", "{tmp}/e", "--num-images", "0"],
+     "num_images must be > 0"),
+    (["evaluate", "--checkpoint", "{bundled}", "--out", "{tmp}/e", "--coco-annotations",
+      "{tmp}/a.json", "--coco-images", "{tmp}"], "annotation file not found"),
 ])
 def test_user_errors_are_one_line_exit_2(tmp_path, capsys, argv, needle):
     from mrcnn_ref.train import BUNDLED_CHECKPOINT
