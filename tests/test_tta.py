@@ -5,10 +5,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from mrcnn_ref.boxes import decode_boxes
+from mrcnn_ref.boxes import decode_boxes, hflip_boxes
 from mrcnn_ref.data.masks import paste_masks_in_image
 from mrcnn_ref.model.config import get_preset, with_inference_overrides
-from mrcnn_ref.boxes import hflip_boxes
 from mrcnn_ref.model.tta import average_flipped_box_outputs, maskness, unflip_masks
 from mrcnn_ref.ops.losses import log_softmax
 
@@ -183,14 +182,23 @@ def test_flip_tta_runs_and_does_not_hurt_the_masks(bundled):
     assert flipped >= plain - 0.01, (plain, flipped)
 
 
-def test_flip_tta_on_an_image_whose_size_is_not_a_multiple_of_32(bundled):
-    """The mirror is taken of the unpadded image (then padded on the right like the image), so
-    mirrored boxes map back into the image: every box lies inside the 77-px-wide crop."""
+def test_flip_tta_on_an_image_whose_size_is_not_a_multiple_of_32(bundled, monkeypatch):
+    """The second view is the mirror of the *unpadded* image, padded on the right like the image
+    itself (mirroring the padded image would move the content by the padding's width, and the
+    mirrored proposals, computed with the image's width, would miss it)."""
     from mrcnn_ref.data.transforms import to_model_input
 
     model, rcfg, _ = bundled
     sample = _val_images(rcfg, 1)[0]
     crop = np.ascontiguousarray(sample["image"][:100, :77])
+    inputs = []
+    real_forward = model.backbone.forward
+
+    def spy(x):
+        inputs.append(np.array(x))
+        return real_forward(x)
+
+    monkeypatch.setattr(model.backbone, "forward", spy)
     base = model.config
     try:
         model.config = with_inference_overrides(base, {"test_flip": True})
@@ -198,5 +206,9 @@ def test_flip_tta_on_an_image_whose_size_is_not_a_multiple_of_32(bundled):
     finally:
         model.config = base
     assert det["masks"].shape[1:] == (100, 77) and len(det["boxes"]) > 0
-    assert np.all(det["boxes"][:, [0, 2]] <= 77) and np.all(det["boxes"][:, [1, 3]] <= 100)
-    assert np.all(det["boxes"] >= 0)
+    assert len(inputs) == 2
+    image, mirror = inputs
+    assert image.shape == mirror.shape and image.shape[2:] == (128, 96)      # padded to /32
+    np.testing.assert_array_equal(mirror[:, :, :100, :77], image[:, :, :100, :77][:, :, :, ::-1])
+    np.testing.assert_array_equal(mirror[:, :, 100:], image[:, :, 100:])        # the same padding
+    np.testing.assert_array_equal(mirror[:, :, :, 77:], image[:, :, :, 77:])
