@@ -7,11 +7,11 @@ Cases (float32):
   * the tiny ResNet-FPN backbone (resnet_fpn_tiny) on a 1x3x128x128 image.
 NumPy and torch are timed in alternating blocks of 5 steps (see ``interleaved_times``), so a
 machine whose speed drifts during the run (a shared VM can drift by 2x within minutes) slows both
-alike; the median of each and the median of the ratios of same-round steps are printed. NumPy's BLAS threads follow
-OMP_NUM_THREADS / OPENBLAS_NUM_THREADS; set them to the same value as ``--threads`` for a fair
-comparison (this script sets them before importing NumPy when they are unset). Like the CLI, it
-first calls ``mrcnn_ref.memory.retain_freed_memory`` (freed temporaries are reused instead of
-page-faulted back in; ``--malloc-default`` skips it, to see the difference).
+alike; the median of each and the median of the ratios of same-round steps are printed. NumPy's
+BLAS threads follow OMP_NUM_THREADS / OPENBLAS_NUM_THREADS; set them to the same value as
+``--threads`` for a fair comparison (this script sets them before importing NumPy when they are
+unset). Like the CLI, it first calls ``mrcnn_ref.memory.retain_freed_memory`` (freed temporaries
+are reused instead of page-faulted back in; ``--malloc-default`` skips it, to see the difference).
 """
 from __future__ import annotations
 

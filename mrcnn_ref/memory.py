@@ -11,8 +11,7 @@ pages — and a second one for its input gradient. Measured on the project's 2-c
 * the 3×3 convolution of ``benchmarks/bench_layers.py``, forward + backward: ~3,500 page faults
   -> 0 and 38 -> 26 ms (median of 30, three alternating runs each way);
 * one training step of the shapes model: ~6,000 page faults -> 0; the last 500 steps of the
-  shapes recipe (two processes) 89 -> 80 s; the whole run, with the faster ReLU, 24 min 55 s ->
-  21 min 19 s for bit-identical weights.
+  shapes recipe (two processes, resumed from the same checkpoint, run back to back) 89 -> 80 s.
 
 :func:`retain_freed_memory` raises both thresholds (glibc's ``mallopt``), so freed blocks stay
 in the process and are reused by the next step. The cost: the process keeps the memory of its

@@ -233,11 +233,12 @@ PRESETS: dict[str, dict] = {
     # iteration ~1.6x faster at the same mask AP after 3,000 iterations.
     # Inference uses flip test-time augmentation and mask rescoring (mrcnn_ref.model.tta): on the
     # shipped checkpoint, 200 val images, bbox AP 0.839 -> 0.862 and segm AP 0.837 -> 0.862 for
-    # twice the inference time (README "Training status"). Per-class NMS at IoU 0.7, not 0.5: shapes overlap and nest, so true
-    # neighbours of one class often have boxes at IoU > 0.5. Chosen on a tuning set apart from val
-    # (training-split images 2000-2299, which the recipe never trains on: `evaluate --split train
-    # --first-image 2000 --num-images 300`): segm AP 0.8675 / 0.8705 / 0.8717 / 0.8704 and bbox AP
-    # 0.855 / 0.859 / 0.859 / 0.859 at 0.5 / 0.6 / 0.7 / 0.8 (AP50 0.962 -> 0.962 / 0.962 / 0.951).
+    # twice the inference time (README "Training status"). Per-class NMS at IoU 0.7, not 0.5:
+    # shapes overlap and nest, so true neighbours of one class often have boxes at IoU > 0.5.
+    # Chosen on a tuning set apart from val (training-split images 2000-2299, which the recipe
+    # never trains on: `evaluate --split train --first-image 2000 --num-images 300`). At NMS
+    # 0.5 / 0.6 / 0.7 / 0.8: segm AP 0.8675 / 0.8705 / 0.8717 / 0.8704, bbox AP 0.855 / 0.859 /
+    # 0.859 / 0.859, segm AP50 0.962 / 0.962 / 0.962 / 0.951.
     "shapes": dict(name="shapes", anchor_sizes=(16, 32, 64, 128, 256),
                    anchor_scales=(1.0, 1.26, 1.587),                 # ~2^(0, 1/3, 2/3)
                    rpn_pre_nms_top_n_train=500, rpn_post_nms_top_n_train=256,

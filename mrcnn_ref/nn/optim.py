@@ -185,8 +185,9 @@ class WarmupCosineLR:
 
 
 def global_grad_norm(grads: dict) -> float:
-    """``sqrt(sum_k ||g_k||²)`` over all gradients, as a float; ``inf``/``nan`` exactly when some
-    entry is not finite (so one pass serves as the divergence check too).
+    """``sqrt(sum_k ||g_k||²)`` over all gradients, as a float; for float32 gradients ``inf``/``nan``
+    exactly when some entry is not finite, so one pass serves as the divergence check too (float64
+    gradients beyond ~1e154 would also read ``inf``).
 
     Each ``||g_k||²`` is one BLAS dot product in the gradient's own dtype (no float64 copy of the
     gradients); a float32 dot that overflows is recomputed in float64, where the squares of
