@@ -41,9 +41,8 @@ def test_freed_blocks_are_reused_instead_of_page_faulted_back():
     # kept, the freed temporaries are simply reused: (almost) no page fault after the first pass.
     # With glibc 2.36's defaults some go back to the kernel and each pass page-faults them in
     # again (~3,500 faults per pass measured on the project's machine; other versions may differ,
-    # so only the retained count is held to a bound)
+    # so only the retained count is held to a bound; `default` is in the message for comparison)
     assert retained <= 100, (retained, default)
-    assert default >= retained, (retained, default)
 
 
 def test_bad_limit():
