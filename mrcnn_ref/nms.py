@@ -28,6 +28,12 @@ Three implementations, chosen automatically, give the same result:
   "higher-scored box -> lower-scored box", and resolve the greedy order on that graph in rounds: a
   box is *kept* once none of its predecessors can still be kept, *suppressed* once one of them is
   kept. Fast when boxes are spread out (many survive).
+
+**Only the best few kept boxes wanted** (``max_keep=K``). A box's fate depends only on the boxes
+scored above it, so the first ``K`` boxes the greedy loop keeps -- in score order -- are final the
+moment they are kept: ``nms(..., max_keep=K)`` is exactly ``nms(...)[:K]``, and the greedy loop
+can stop there. The RPN needs this: it keeps the best 256 of ~1,700 candidates per image, and
+stopping after 256 kept boxes reads a third of them. ``"auto"`` then uses the greedy loop.
 """
 from __future__ import annotations
 
@@ -58,28 +64,39 @@ def _check_boxes_scores(boxes, scores, where):
         raise ValueError(f"{where}: scores contains NaN values")
 
 
-def nms(boxes, scores, iou_threshold: float, method: str = "auto"):
+def nms(boxes, scores, iou_threshold: float, method: str = "auto", *, max_keep=None):
     """Greedy non-maximum suppression (same signature and result as ``torchvision.ops.nms``).
 
     boxes: (N, 4) floating (x1, y1, x2, y2); scores: (N,) floating; iou_threshold in [0, 1].
     method: ``"auto"`` (default), ``"greedy"``, ``"sparse"`` or ``"matrix"`` (see the module
     docstring); all return the same indices.
+    max_keep: ``None`` (all kept boxes, torchvision's behaviour) or an int ``K >= 0``: only the
+    ``K`` best kept boxes, the same as ``nms(...)[:K]`` but with an early exit.
     Returns (K,) int64 indices of the kept boxes, sorted by decreasing score (an empty array for
     N = 0), in the array module of ``boxes``. CuPy inputs are processed on the host.
     """
     where = "nms"
     _check_boxes_scores(boxes, scores, where)
     t = _check_threshold(iou_threshold, where)
-    return _nms(boxes, scores, t, None, method, where)
+    return _nms(boxes, scores, t, None, method, where, _check_max_keep(max_keep, where))
 
 
-def batched_nms(boxes, scores, idxs, iou_threshold: float, method: str = "auto"):
+def _check_max_keep(k, where):
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"{where}: max_keep must be None or an int >= 0, got {k!r}")
+    return int(k)
+
+
+def batched_nms(boxes, scores, idxs, iou_threshold: float, method: str = "auto", *, max_keep=None):
     """NMS independently within each category (same result as ``torchvision.ops.batched_nms``).
 
     boxes: (N, 4) floating; scores: (N,) floating; idxs: (N,) integer category of each box;
     iou_threshold in [0, 1]. Boxes of different categories never suppress each other. Instead of
     offsetting the boxes per category (torchvision's trick) we simply ignore the pairs whose
-    categories differ, which is exact.
+    categories differ, which is exact. ``max_keep``: as in :func:`nms` (the best ``K`` kept boxes
+    over all categories).
     Returns (K,) int64 indices of the kept boxes, sorted by decreasing score.
     """
     where = "batched_nms"
@@ -91,16 +108,16 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float, method: str = "auto")
         raise ValueError(f"{where}: idxs must have one entry per box, got {idxs.shape[0]} for "
                          f"{boxes.shape[0]} boxes")
     t = _check_threshold(iou_threshold, where)
-    return _nms(boxes, scores, t, idxs, method, where)
+    return _nms(boxes, scores, t, idxs, method, where, _check_max_keep(max_keep, where))
 
 
-def _nms(boxes, scores, t, idxs, method, where):
+def _nms(boxes, scores, t, idxs, method, where, max_keep=None):
     if method not in ("auto", "greedy", "sparse", "matrix"):
         raise ValueError(f"{where}: method must be 'auto', 'greedy', 'sparse' or 'matrix', "
                          f"got {method!r}")
     xp = get_array_module(boxes, scores)
     n = boxes.shape[0]
-    if n == 0:
+    if n == 0 or max_keep == 0:
         return xp.zeros((0,), dtype=xp.int64)
     # The selection is sequential and index-heavy: it runs on the host (CuPy inputs are copied
     # there), in the boxes' own dtype so that IoUs round exactly as torchvision's; the indices
@@ -112,7 +129,7 @@ def _nms(boxes, scores, t, idxs, method, where):
     b = b[order]
     c = None if c is None else c[order]
     groups = None
-    if method in ("auto", "matrix"):
+    if method == "matrix" or (method == "auto" and max_keep is None):
         groups = _category_groups(c, n)
         if method == "auto" and max(g.size for g in groups) > _MATRIX_MAX:
             groups = None
@@ -120,9 +137,9 @@ def _nms(boxes, scores, t, idxs, method, where):
         keep = _matrix(b, t, groups)
     elif method == "sparse":
         keep = _sparse(b, t, c, n, _candidate_pairs(b, t))
-    else:
-        keep = _greedy(b, t, c, switch=(method == "auto"))
-    return xp.asarray(order[keep].astype(np.int64))
+    else:   # with max_keep, "auto" is the greedy loop with its early exit (no hand-over)
+        keep = _greedy(b, t, c, switch=(method == "auto" and max_keep is None), max_keep=max_keep)
+    return xp.asarray(order[keep[:max_keep]].astype(np.int64))
 
 
 # Rough costs (seconds) used by method="auto" to decide when to hand over from the greedy loop
@@ -183,8 +200,9 @@ def _matrix(b, t, groups):
     return np.sort(np.asarray(keep, dtype=np.int64))
 
 
-def _greedy(b, t, c, switch=False):
-    """Greedy NMS in blocks. b: (N, 4) sorted by decreasing score. Returns kept positions.
+def _greedy(b, t, c, switch=False, max_keep=None):
+    """Greedy NMS in blocks. b: (N, 4) sorted by decreasing score. Returns kept positions (with
+    ``max_keep``, it stops once that many are kept: the first ``max_keep`` are then exact).
 
     The remaining candidates are a list in score order. Each step takes the first ``_BLOCK`` of
     them, resolves the greedy order inside the block exactly (a small IoU matrix; the Python loop
@@ -229,6 +247,8 @@ def _greedy(b, t, c, switch=False):
                     dead |= masks[i]
             kb = blk[kept]
             keep.extend(kb.tolist())
+            if max_keep is not None and len(keep) >= max_keep:
+                break
             if pos.size:
                 hit = _iou_rows(x1, y1, x2, y2, area, kb, pos) > t     # (kb, R)
                 if c is not None:

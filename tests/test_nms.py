@@ -176,6 +176,35 @@ def test_nms_result_properties(problem):
         assert not np.any(iou > t)
 
 
+@given(nms_problems(max_n=150), st.integers(0, 160))
+def test_max_keep_is_a_prefix_of_the_full_result(problem, k):
+    """max_keep=K returns exactly the K best kept boxes (the greedy loop's early exit), for every
+    method, plain and batched; compared with the independent reference."""
+    boxes, scores, t, classes = problem
+    ref = nms_reference(boxes, scores, t)[:k]
+    ref_b = nms_reference(boxes, scores, t, classes)[:k]
+    for m in METHODS:
+        np.testing.assert_array_equal(nms(boxes, scores, t, method=m, max_keep=k), ref)
+        np.testing.assert_array_equal(batched_nms(boxes, scores, classes, t, method=m, max_keep=k), ref_b)
+
+
+def test_max_keep_rpn_like():
+    """The RPN's call: the best 256 of ~1,700 proposals on five levels, float32 (the greedy loop
+    stops early; the result is the full NMS cut to 256)."""
+    rng = np.random.default_rng(3)
+    centres = rng.uniform(20, 108, (4, 2))
+    n_per = (500, 500, 500, 144, 36)
+    c = np.repeat(np.arange(5), n_per)
+    mid = centres[rng.integers(0, 4, c.size)] + rng.normal(0, 6, (c.size, 2))
+    half = rng.uniform(4, 40, (c.size, 2)) * (1 + c[:, None]) / 3
+    b = np.clip(np.concatenate([mid - half, mid + half], axis=1), 0, 128).astype(np.float32)
+    s = rng.random(c.size).astype(np.float32)
+    full = batched_nms(b, s, c, 0.7)
+    assert len(full) > 256                       # the cut really cuts
+    for k in [*range(1, 300), len(full), len(full) + 10]:   # every block boundary of the loop
+        np.testing.assert_array_equal(batched_nms(b, s, c, 0.7, max_keep=k), full[:k])
+
+
 # ---------------------------------------------------------------- torchvision
 
 @given(nms_problems(max_n=60))
@@ -214,6 +243,10 @@ def test_matches_torchvision_large_float32():
     (lambda: nms(np.full((3, 4), np.nan), np.zeros(3), 0.5), ValueError, "NaN"),
     (lambda: nms(np.zeros((3, 4)), np.full(3, np.nan), 0.5), ValueError, "NaN"),
     (lambda: nms(np.zeros((3, 4)), np.zeros(3), 0.5, method="fast"), ValueError, "method"),
+    (lambda: nms(np.zeros((3, 4)), np.zeros(3), 0.5, max_keep=-1), ValueError, "max_keep"),
+    (lambda: nms(np.zeros((3, 4)), np.zeros(3), 0.5, max_keep=2.0), ValueError, "max_keep"),
+    (lambda: batched_nms(np.zeros((3, 4)), np.zeros(3), np.zeros(3, dtype=int), 0.5, max_keep=True),
+     ValueError, "max_keep"),
     (lambda: batched_nms(np.zeros((3, 4)), np.zeros(3), np.zeros(3), 0.5), TypeError, "idxs"),
     (lambda: batched_nms(np.zeros((3, 4)), np.zeros(3), np.zeros(2, dtype=int), 0.5),
      ValueError, "idxs"),

@@ -174,5 +174,5 @@ def postprocess_detections(class_logits, box_deltas, proposals, image_size, *, s
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     keep = remove_small_boxes(boxes, min_size)
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-    keep = batched_nms(boxes, scores, labels, nms_thresh)[:int(detections_per_img)]
+    keep = batched_nms(boxes, scores, labels, nms_thresh, max_keep=int(detections_per_img))
     return boxes[keep], scores[keep], labels[keep]

@@ -227,5 +227,6 @@ def generate_proposals(objectness, deltas, anchors, level_counts, image_size, *,
     scores = objectness[idx]
     keep = remove_small_boxes(boxes, min_size)
     boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
-    keep = batched_nms(boxes, scores, lvl, nms_thresh)[:int(post_nms_top_n)]
+    # the best post_nms_top_n kept boxes = NMS followed by [:post_nms_top_n], with an early exit
+    keep = batched_nms(boxes, scores, lvl, nms_thresh, max_keep=int(post_nms_top_n))
     return boxes[keep], scores[keep]
