@@ -139,6 +139,48 @@ def test_dx_methods_agree(case):
     np.testing.assert_allclose(a, conv_module._input_grad(*args), rtol=0, atol=1e-12)
 
 
+@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 3), st.integers(1, 3), st.integers(1, 3),
+       st.integers(1, 4), st.integers(1, 4), st.integers(0, 2**16))
+def test_tiled_dx_agrees_with_the_general_methods(n, cin, cout, kh, kw, ho, wo, seed):
+    """kernel == stride, no padding: the windows tile the input and dx is one product per pixel
+    block. "auto" takes that path (checked with a spy); the numbers are those of both general
+    methods and of the naive loops' transpose (conv_transpose2d = dx of conv2d)."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((cout, cin, kh, kw))
+    dout = rng.standard_normal((n, cout, ho, wo))
+    args = (dout, w, (ho * kh, wo * kw), (kh, kw), (0, 0))
+    tiled = conv_module._input_grad_tiled(dout, w, (ho * kh, wo * kw))
+    np.testing.assert_allclose(tiled, conv_module._input_grad_transposed(*args), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(tiled, conv_module._input_grad_col2im(*args), rtol=0, atol=1e-12)
+    calls = []
+    orig = conv_module._input_grad_tiled
+    conv_module._input_grad_tiled = lambda *a: calls.append(1) or orig(*a)
+    try:
+        np.testing.assert_array_equal(conv_module._input_grad(*args), tiled)
+        # one leftover row: the windows no longer tile, a general method is used
+        conv_module._input_grad(dout, w, (ho * kh + 1, wo * kw), (kh, kw), (0, 0))
+    finally:
+        conv_module._input_grad_tiled = orig
+    assert calls == [1]
+
+
+def test_mask_head_deconvolution_takes_the_tiled_path_and_matches_loops():
+    """The mask head's 2x2 stride-2 transposed convolution, float32, against the definition:
+    out[n, o, 2i+u, 2j+v] = b[o] + sum_c x[n, c, i, j] w[c, o, u, v]."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 5, 4, 6)).astype(np.float32)
+    w = rng.standard_normal((5, 7, 2, 2)).astype(np.float32)
+    b = rng.standard_normal(7).astype(np.float32)
+    out, _ = conv_transpose2d_forward(x, w, b, 2, 0)
+    ref = np.zeros((3, 7, 8, 12))
+    for u in range(2):
+        for v in range(2):
+            ref[:, :, u::2, v::2] = np.einsum("ncij,co->noij", x.astype(np.float64), w[:, :, u, v])
+    ref += b[None, :, None, None]
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
 @given(conv_cases())
 def test_cached_and_rebuilt_columns_give_the_same_gradients(case):
     """CACHE_COLUMNS only trades memory for time: the backward is identical either way, and with

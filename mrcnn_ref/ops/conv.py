@@ -38,6 +38,13 @@ matrix contiguous is the one copy im2col costs, after which BLAS does all the ar
   over the kh*kw kernel offsets, each a vectorised strided add). ``DX_METHOD`` chooses; "auto"
   picks the smaller temporary.
 
+  When the kernel *equals* the stride and there is no padding (Mask R-CNN's 2×2, stride-2
+  deconvolution in the mask head) the windows tile the input without overlap: every input
+  pixel belongs to exactly one window, at one kernel offset. Then ``dx`` is one matrix
+  product per image, ``(Cin*kh*kw, Cout) @ dout[n] (Cout, Ho*Wo)``, whose ``kh*kw`` blocks are
+  written straight into their pixels — no dilation, no zero-filled buffer, no adds
+  (``"auto"``'s choice for that case; same numbers).
+
 **Transposed convolution** (``conv_transpose2d``) *is* that input-gradient computation, used as a
 forward op: it maps ``(N, Cin, H, W)`` to ``(N, Cout, (H-1)*s - 2p + kh + output_padding, ...)``
 with a weight ``(Cin, Cout, kh, kw)`` (PyTorch's layout). Its backward is therefore the forward
@@ -157,11 +164,37 @@ def _input_grad_col2im(dout, w, in_hw, stride, padding):
     return xp.ascontiguousarray(dx)
 
 
+def _input_grad_tiled(dout, w, in_hw):
+    """``dx`` when the windows tile the input (kernel == stride, no padding, no leftover
+    rows/cols): input pixel ``(i*kh + u, j*kw + v)`` receives only ``w[:, :, u, v]^T dout[:, :, i, j]``.
+    One batched matrix product, then each kernel offset's block is copied to its pixels."""
+    xp = get_array_module(dout)
+    cout, cin, kh, kw = w.shape
+    n, _, ho, wo = dout.shape
+    # (N, Cin*kh*kw, Ho*Wo) = (Cin*kh*kw, Cout) @ (N, Cout, Ho*Wo)
+    blocks = xp.matmul(w.reshape(cout, cin * kh * kw).T, dout.reshape(n, cout, ho * wo))
+    blocks = blocks.reshape(n, cin, kh, kw, ho, wo)
+    dx = xp.empty((n, cin) + tuple(in_hw), dtype=dout.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            dx[:, :, u::kh, v::kw] = blocks[:, :, u, v]
+    return dx
+
+
+def _tiles(w, in_hw, out_hw, stride, padding):
+    """Whether a convolution's windows tile its input exactly (kernel == stride, no padding)."""
+    kh, kw = w.shape[2:]
+    return ((kh, kw) == tuple(stride) and tuple(padding) == (0, 0)
+            and tuple(in_hw) == (out_hw[0] * kh, out_hw[1] * kw))
+
+
 #: How :func:`conv2d_backward` (and so :func:`conv_transpose2d_forward`) computes ``dx``:
 #: ``"transposed"`` (dilate + flipped-kernel convolution), ``"col2im"``, or ``"auto"``: the
 #: transposed convolution unless col2im needs a smaller temporary matrix — which is the case
 #: for every stride > 1 (the dilated gradient is mostly zeros: s*s times more work) and when
-#: Cout > Cin. Both give the same numbers (tested against each other and against PyTorch).
+#: Cout > Cin — or, when the windows tile the input (kernel == stride, no padding), the direct
+#: per-pixel product (:func:`_input_grad_tiled`). All give the same numbers (tested against each
+#: other and against PyTorch).
 DX_METHOD = "auto"
 
 
@@ -169,9 +202,11 @@ def _input_grad(dout, w, in_hw, stride, padding):
     """Gradient of ``conv2d(x, w, stride, padding)`` w.r.t. ``x (N, Cin, H, W)``, given ``dout``.
 
     Dispatches on :data:`DX_METHOD` to :func:`_input_grad_transposed` or
-    :func:`_input_grad_col2im`.
+    :func:`_input_grad_col2im` ("auto": or :func:`_input_grad_tiled` when the windows tile).
     """
     method = DX_METHOD
+    if method == "auto" and _tiles(w, in_hw, dout.shape[2:], stride, padding):
+        return _input_grad_tiled(dout, w, in_hw)
     if method == "auto":
         cout, cin, kh, kw = w.shape
         h, wd = in_hw
