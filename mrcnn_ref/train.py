@@ -397,10 +397,10 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
         for it in range(start, tcfg.iterations):
             t0 = time.perf_counter()
             lr = float(schedule(it))
-            model.zero_grad()
             try:
-                for w in range(1, n_proc):
+                for w in range(1, n_proc):               # the workers start first ...
                     workers.submit(w - 1, (it, jobs_of[w]))
+                model.zero_grad()                        # ... while this process clears its grads
                 results = compute((it, jobs_of[0]))
                 for w in range(1, n_proc):
                     results += workers.collect(w - 1)
