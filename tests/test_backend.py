@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mrcnn_ref import backend
 
@@ -59,3 +61,17 @@ def test_argsort_descending_keeps_ties_in_index_order():
     a = np.array([0.3, 0.9, 0.3, 0.9, 0.1, 0.3], np.float32)
     np.testing.assert_array_equal(backend.argsort_descending(a), [1, 3, 0, 2, 5, 4])
     assert backend.argsort_descending(np.zeros(0)).shape == (0,)
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(0, 300), st.integers(0, 320),
+       st.sampled_from(["ties", "distinct", "nan", "inf"]))
+def test_top_k_descending_is_the_prefix_of_the_full_stable_sort(seed, n, k, kind):
+    """Against the full stable sort, with many ties (a few distinct values), distinct values,
+    NaNs and infinities mixed in, for every k (including 0 and k > n)."""
+    rng = np.random.default_rng(seed)
+    a = (rng.integers(0, 5, n) if kind == "ties" else rng.standard_normal(n)).astype(np.float32)
+    if n and kind == "nan":
+        a[rng.integers(0, n, 3)] = np.nan
+    if n and kind == "inf":
+        a[rng.integers(0, n, 3)] = rng.choice([np.inf, -np.inf], 3)
+    np.testing.assert_array_equal(backend.top_k_descending(a, k), backend.argsort_descending(a)[:k])

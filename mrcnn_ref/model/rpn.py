@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import argsort_descending, asnumpy, get_array_module
+from ..backend import asnumpy, get_array_module, top_k_descending
 from ..nn.module import Module
 
 __all__ = ["RPNHead", "flatten_rpn_outputs", "unflatten_rpn_grads", "pyramid_level_anchors",
@@ -216,7 +216,7 @@ def generate_proposals(objectness, deltas, anchors, level_counts, image_size, *,
     for lvl, n in enumerate(level_counts):
         scores = objectness[start:start + n]
         k = min(int(pre_nms_top_n), n)
-        top = argsort_descending(scores)[:k]
+        top = top_k_descending(scores, k)
         idx_all.append(top + start)
         lvl_all.append(xp.full(k, lvl, dtype=xp.int64))
         start += n
