@@ -13,8 +13,9 @@ with ``xpad`` the input zero-padded by ``padding`` on every side and the output 
 
     out2d (Cout, N*Ho*Wo) = w.reshape(Cout, Cin*kh*kw) @ cols
 
-The windows come from ``sliding_window_view`` (a zero-copy strided view); making the column
-matrix contiguous is the one copy im2col costs, after which BLAS does all the arithmetic.
+The windows are a zero-copy strided view of ``xpad`` (``as_strided``: the window axes reuse
+the image axes' strides); making the column matrix contiguous is the one copy im2col costs, after
+which BLAS does all the arithmetic.
 
 **Backward.** With ``dout (N, Cout, Ho, Wo)``:
 
@@ -107,9 +108,12 @@ def im2col(xpad, kh: int, kw: int, sh: int, sw: int):
     xp = get_array_module(xpad)
     n, c, hp, wp = xpad.shape
     ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-    # (N, C, Hp-kh+1, Wp-kw+1, kh, kw): a view, no copy
-    win = xp.lib.stride_tricks.sliding_window_view(xpad, (kh, kw), axis=(2, 3))
-    win = win[:, :, ::sh, ::sw][:, :, :ho, :wo]
+    # (N, C, Ho, Wo, kh, kw): a view, no copy. Element (n, c, i, j, u, v) is
+    # xpad[n, c, i*sh + u, j*sw + v], so its strides are those of xpad with the two image axes
+    # repeated: stepped by the stride for (i, j), by one pixel for (u, v).
+    s_n, s_c, s_h, s_w = xpad.strides
+    win = xp.lib.stride_tricks.as_strided(xpad, (n, c, ho, wo, kh, kw),
+                                          (s_n, s_c, sh * s_h, sw * s_w, s_h, s_w))
     # (C, kh, kw, N, Ho, Wo): the innermost axis walks along image rows, so the copy streams
     cols = xp.ascontiguousarray(win.transpose(1, 4, 5, 0, 2, 3))
     return cols.reshape(c * kh * kw, n * ho * wo), (ho, wo)
