@@ -363,7 +363,10 @@ plt.show()
 # 2. **decode** their deltas at their anchors (chapter 01's box coding), **clip** to the image,
 #    drop boxes narrower or lower than `min_size`;
 # 3. **NMS at 0.7 within each level** (`batched_nms` with the level as the category);
-# 4. keep the `post_nms_top_n` best boxes of the whole image.
+# 4. keep the `post_nms_top_n` best boxes of the whole image. NMS is told so (`max_keep`) and
+#    stops as soon as it has kept that many: greedy NMS decides a box by the boxes scored above
+#    it only, so the first K boxes it keeps are final — the result is exactly "NMS, then the
+#    first K", for about a third of the work (the cell below checks the equality).
 
 # %%
 print(inspect.getsource(generate_proposals))
@@ -397,6 +400,7 @@ props, prop_logits = generate_proposals(o, d, anc, cnt, (h, w), pre_nms_top_n=PR
 b_all, s_all, l_all = proposals_before_nms(o, d, anc, cnt, (h, w), PRE, cfg.rpn_min_size)
 keep_all = batched_nms(b_all, s_all, l_all, cfg.rpn_nms_thresh)       # every box NMS keeps
 keep = keep_all[:POST]
+assert np.array_equal(batched_nms(b_all, s_all, l_all, cfg.rpn_nms_thresh, max_keep=POST), keep)
 print(f"pre_nms_top_n = {PRE} per level, post_nms_top_n = {POST}, NMS IoU {cfg.rpn_nms_thresh}")
 print(f"{'level':5s} {'before NMS':>10s} {'after NMS':>10s} {'in top':>7s}")
 for lvl, name in enumerate(LEVELS):

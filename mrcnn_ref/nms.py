@@ -84,7 +84,9 @@ def nms(boxes, scores, iou_threshold: float, method: str = "auto", *, max_keep=N
 def _check_max_keep(k, where):
     if k is None:
         return None
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"{where}: max_keep must be None or an int >= 0, got {type(k).__name__} {k!r}")
+    if k < 0:
         raise ValueError(f"{where}: max_keep must be None or an int >= 0, got {k!r}")
     return int(k)
 
