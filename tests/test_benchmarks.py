@@ -1,0 +1,35 @@
+"""The training-step benchmark runs and compares two versions of the package in one process."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not os.path.isdir(os.path.join(REPO, ".git")),
+                    reason="needs git and a git checkout")
+def test_bench_train_step_against_head_gives_identical_losses():
+    """Against HEAD (whose package is this tree's, unless it has uncommitted changes), both
+    versions step through the same images: the script must import both side by side and find
+    the same losses when the code is the same."""
+    dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "mrcnn_ref"],
+                           capture_output=True, text=True).stdout.strip()
+    out = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "bench_train_step.py"),
+                          "--against", "HEAD", "--rounds", "2", "--steps", "1", "--images", "2"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "this checkout" in out.stdout and "HEAD" in out.stdout
+    if not dirty:
+        assert "losses identical: True" in out.stdout, out.stdout
+
+
+def test_bench_train_step_bad_revision():
+    if shutil.which("git") is None or not os.path.isdir(os.path.join(REPO, ".git")):
+        pytest.skip("needs git and a git checkout")
+    out = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "bench_train_step.py"),
+                          "--against", "no-such-revision", "--rounds", "1", "--steps", "1", "--images", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "cannot export revision" in out.stderr
