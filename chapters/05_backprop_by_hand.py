@@ -100,9 +100,11 @@ def naive_conv2d(x, w, b, stride=1, padding=0):
 #   = \underbrace{w}_{C_{out}\times C_{in}k_hk_w}\;
 #     \underbrace{\mathrm{cols}}_{C_{in}k_hk_w\times N H_o W_o}.$$
 #
-# The windows come free: `sliding_window_view` returns a strided *view* of all of them without
-# copying anything. Making the column matrix contiguous is the one copy im2col pays. The library
-# code:
+# The windows come free: a strided *view* holds all of them without copying anything. Element
+# $(n, c, i, j, u, v)$ of the view is `xpad[n, c, i*s + u, j*s + v]`, so `as_strided` only has to
+# be told `xpad`'s strides with the two image axes repeated — stepped by the stride for $(i, j)$,
+# by one pixel for $(u, v)$. Making the column matrix contiguous is the one copy im2col pays. The
+# library code:
 
 # %%
 print(inspect.getsource(im2col))
@@ -225,6 +227,7 @@ print(inspect.getsource(conv2d_backward))
 print(inspect.getsource(conv._input_grad_col2im))
 print(inspect.getsource(conv._input_grad))
 
+
 # %% [markdown]
 # An independent check of `dx`: the *scatter* formulation written as loops — every output pixel
 # adds $w \cdot \mathrm{dout}$ into the window it read. Then the picture of the "gather" form we
@@ -268,6 +271,24 @@ for ax, img, title in zip(axes, [dout[0, 0], dilated[0, 0], w[0, 0, ::-1, ::-1],
     ax.set_xticks([]), ax.set_yticks([])
 plt.tight_layout()
 plt.show()
+
+# %% [markdown]
+# **When the windows tile.** If the kernel *equals* the stride and there is no padding — the
+# mask head's $2\times2$, stride-2 transposed convolution (chapter 08) is exactly this `dx` — the
+# windows do not overlap: every input pixel $(i k_h + u,\ j k_w + v)$ belongs to one window, at one
+# kernel offset $(u, v)$, and receives $w[:, :, u, v]^\top\,\mathrm{dout}[:, :, i, j]$ and nothing
+# else. No dilation, no zero-filled buffer, no adds: one matrix product per image, whose
+# $k_h k_w$ blocks are copied straight to their pixels. `"auto"` takes this path for such layers.
+
+# %%
+print(inspect.getsource(conv._input_grad_tiled))
+x2 = rng.standard_normal((2, 3, 6, 8))
+w2 = rng.standard_normal((4, 3, 2, 2))
+out2, cache2 = conv2d_forward(x2, w2, None, stride=2, padding=0)
+dout2 = rng.standard_normal(out2.shape)
+dx_tiled = conv._input_grad_tiled(dout2, w2, x2.shape[2:])
+tiled_err = np.abs(dx_tiled - naive_conv2d_input_grad(dout2, w2, x2.shape, 2, 0)).max()
+print("2x2 kernel, stride 2: max |tiled dx - naive scatter| =", tiled_err)
 
 # %% [markdown]
 # ## 3. Transposed convolution *is* the backward of a convolution
@@ -511,6 +532,7 @@ assert worst <= 1e-6, f"a gradient check failed: worst relative error {worst:.2e
 assert identity_err <= 1e-12, identity_err
 assert np.abs(fast - ref).max() <= 1e-9
 assert dx_err <= 1e-12, dx_err
+assert tiled_err <= 1e-12, tiled_err
 assert max(gn_spread) <= 1e-12 and bn_spread[0] > 0.05, (gn_spread, bn_spread)
 print(f"all {len(rows)} gradient checks pass (worst {worst:.1e}); conv_transpose2d == conv2d input gradient")
 
@@ -522,8 +544,8 @@ print(f"all {len(rows)} gradient checks pass (worst {worst:.1e}); conv_transpose
 #    $C_{in} = 16, C_{out} = 64$. How large is each method's temporary column matrix? Does the
 #    `"auto"` rule pick the faster one?
 # 2. **Dilated convolution.** Add a `dilation` argument to `conv2d_forward` (hint: the windows of
-#    a dilated kernel are a strided slice of a larger `sliding_window_view`). What does its input
-#    gradient become?
+#    a dilated kernel are the same `as_strided` view with the $(u, v)$ strides multiplied by the
+#    dilation). What does its input gradient become?
 # 3. **Checkerboard by size.** For stride 2, tabulate the number of distinct overlap counts of a
 #    constant input for kernel sizes 1–6. Which sizes are checkerboard-free? Why does
 #    resize-then-convolve (nearest upsampling followed by a $3\times3$ convolution) avoid the
