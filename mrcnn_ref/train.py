@@ -134,7 +134,8 @@ RUN_PRESETS: dict[str, dict] = {
     # per step. 9,000 such steps took 15 min 17 s on a slow day (AMD machine), so the preset
     # stops at 8,500 to stay within the 15-minute budget; on the slower Intel machine of the
     # 2026-12-01 sessions 8,500 steps take 17-21 min, but stopping at 7,000 there gave bbox / segm
-    # AP 0.839 / 0.841 (with flip TTA and rescoring), below the 0.85 targets. lr: with 2 images per step, 8,500 steps, 0.02 gave segm AP
+    # AP 0.839 / 0.841 (with flip TTA and rescoring), below the 0.85 targets. lr: with 2 images
+    # per step, 8,500 steps, 0.02 gave segm AP
     # 0.827 / bbox 0.822 and 0.01 gave 0.816 / 0.819 (one image per step: 0.005 and 0.01 equal
     # after 3,000 steps, 0.02 trained badly, 0.0025 slower). With the usual 100-step warm-up, lr
     # 0.02 left the box head stuck (classifier and box losses flat near 0.9) for ~1,800 steps; a
