@@ -180,7 +180,10 @@ plt.show()
 # function is simply f at the bin centre. With `aligned=True` (the half-pixel shift of Detectron2)
 # RoIAlign-avg is *exact* on such a ramp, as long as no sample is clamped at the border; the
 # original `aligned=False` is off by a constant half pixel; RoIPool and RoIWarp err by whatever the
-# rounding moved. `compare_roi_ops` runs them all:
+# rounding moved. (Does half a pixel matter once a model is trained on it? For the shapes preset
+# it did, a little: trained with `aligned=True`, two seeds gave +0.0065 segm AP and +0.005 bbox AP
+# on average on a tuning set, so the preset uses it — `roi_aligned` in `mrcnn_ref/model/config.py`.)
+# `compare_roi_ops` runs them all:
 
 # %%
 print(inspect.getsource(linear_ramp_features))

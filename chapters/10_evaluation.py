@@ -543,8 +543,8 @@ for (flip, rescore), m in ablation.items():
 
 # %% [markdown]
 # On the 200 validation images of `mrcnn-ref evaluate` the bundled checkpoint's segm AP goes from
-# 0.837 (neither) to 0.859 (flip only), 0.845 (rescoring only) and 0.862 (both), and its bbox AP
-# from 0.839 to 0.861 (flip) and 0.862 (both) (README, "Training status"). On a handful of
+# 0.844 (neither) to 0.861 (flip only), 0.851 (rescoring only) and 0.868 (both), and its bbox AP
+# from 0.845 to 0.868 (flip) and 0.869 (both) (README, "Training status"). On a handful of
 # images, as in smoke mode here, the differences are noise. Note what does *not* move much: AP50.
 # The objects missed at IoU 0.5 are heavily occluded shapes — a circle behind a larger one, visible
 # only as a crescent; a shape with another shape inside it, visible as a ring — which neither view
