@@ -1,6 +1,6 @@
 """One shapes training step (forward + backward of one image), this checkout against another revision.
 
-    python benchmarks/bench_train_step.py [--against REV] [--rounds 16] [--steps 8] [--threads 1]
+    python benchmarks/bench_train_step.py [--against REV | --against-checkpoint CK] [--rounds 16] [--steps 8] [--threads 1]
 
 Both versions of the package are imported into this one process (``REV`` is exported with
 ``git archive`` into a temporary folder as the package ``mrcnn_ref_rev``; the package imports
@@ -10,6 +10,10 @@ random generators. They run in alternating rounds of ``--steps`` steps (the orde
 round), so a drift of the machine's speed hits both alike; printed are each version's median time
 per step and the median of the per-round ratios. The losses of the two versions are compared too:
 a pure speed-up must give the same numbers. Without ``--against`` only this checkout is timed.
+
+``--against-checkpoint CK`` instead compares two *models* with this checkout's code: the one of
+``--checkpoint`` and the one of ``CK`` (each named by its path) (say, a run with ``"mask_head_channels": 32``), trained
+models, so that each proposes and samples RoIs as in real training. Their losses differ, of course.
 
 One BLAS thread, as each of the two training processes of the shapes recipe uses. Like the CLI, it
 first calls ``mrcnn_ref.memory.retain_freed_memory`` (freed temporaries are reused).
@@ -30,6 +34,8 @@ REPO = os.path.dirname(HERE)
 def _parse():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--against", default=None, help="git revision to compare with (e.g. HEAD~3, a tag)")
+    ap.add_argument("--against-checkpoint", default=None,
+                    help="a second model (checkpoint) to compare with, this checkout's code for both")
     ap.add_argument("--rounds", type=int, default=16)
     ap.add_argument("--steps", type=int, default=8, help="steps per round")
     ap.add_argument("--images", type=int, default=40, help="training images cycled through")
@@ -39,8 +45,11 @@ def _parse():
     for name in ("rounds", "steps", "images", "threads"):
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be >= 1")
-    if not os.path.exists(args.checkpoint):
-        ap.error(f"checkpoint not found: {args.checkpoint}")
+    if args.against and args.against_checkpoint:
+        ap.error("give --against (a revision) or --against-checkpoint (a model), not both")
+    for ck in (args.checkpoint, args.against_checkpoint):
+        if ck is not None and not os.path.exists(ck):
+            ap.error(f"checkpoint not found: {ck}")
     return args
 
 
@@ -94,7 +103,14 @@ def main():
         tmp = tempfile.TemporaryDirectory()
         _export(args.against, tmp.name)
         sys.path.insert(0, tmp.name)
-    versions = {"this checkout": _Version("mrcnn_ref", args.checkpoint, args.images)}
+    if args.against_checkpoint:                     # two models: name them by their files
+        first, second = (os.path.relpath(c) for c in (args.checkpoint, args.against_checkpoint))
+        if first == second:
+            first, second = first + " (1)", second + " (2)"
+        versions = {first: _Version("mrcnn_ref", args.checkpoint, args.images),
+                    second: _Version("mrcnn_ref", args.against_checkpoint, args.images)}
+    else:
+        versions = {"this checkout": _Version("mrcnn_ref", args.checkpoint, args.images)}
     if args.against:
         versions[args.against] = _Version("mrcnn_ref_rev", args.checkpoint, args.images)
     names = list(versions)
@@ -117,8 +133,9 @@ def main():
     if len(names) == 2:
         ratio = np.array(times[names[0]]) / np.array(times[names[1]])
         same = all(np.array_equal(a, b) for a, b in zip(losses[names[0]], losses[names[1]]))
-        print(f"  this checkout / {names[1]}: median ratio {np.median(ratio):.3f} "
-              f"(rounds {ratio.min():.3f}-{ratio.max():.3f}); losses identical: {same}")
+        print(f"  {names[0]} / {names[1]}: median ratio {np.median(ratio):.3f} "
+              f"(rounds {ratio.min():.3f}-{ratio.max():.3f}); losses identical: "
+              f"{same if args.against else 'n/a (two models)'}")
     if tmp is not None:
         tmp.cleanup()
 

@@ -33,3 +33,28 @@ def test_bench_train_step_bad_revision():
                           "--against", "no-such-revision", "--rounds", "1", "--steps", "1", "--images", "1"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "cannot export revision" in out.stderr
+
+
+def _bench(*args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "bench_train_step.py"),
+                           "--rounds", "2", "--steps", "1", "--images", "2", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_bench_train_step_against_checkpoint(tmp_path):
+    """Two models, this checkout's code: a copy of the shipped model under another name."""
+    shipped = os.path.join(REPO, "mrcnn_ref", "checkpoints", "shapes.npz")
+    other = tmp_path / "other.npz"
+    shutil.copy(shipped, other)
+    out = _bench("--against-checkpoint", str(other))
+    assert out.returncode == 0, out.stderr
+    assert f"{os.path.relpath(other)}: median ratio" in out.stdout, out.stdout
+    assert "shapes.npz" in out.stdout
+    assert "n/a (two models)" in out.stdout
+
+
+def test_bench_train_step_bad_arguments(tmp_path):
+    out = _bench("--against-checkpoint", str(tmp_path / "missing.npz"))
+    assert out.returncode != 0 and "checkpoint not found" in out.stderr
+    out = _bench("--against", "HEAD", "--against-checkpoint", str(tmp_path / "x.npz"))
+    assert out.returncode != 0 and "not both" in out.stderr
