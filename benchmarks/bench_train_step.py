@@ -64,6 +64,28 @@ def _export(rev, dest):
     os.rename(os.path.join(dest, "mrcnn_ref"), os.path.join(dest, "mrcnn_ref_rev"))
 
 
+def _for_package(pkg, checkpoint):
+    """``checkpoint``, or — when its model config has keys that package ``pkg`` (an older
+    revision) does not know, such as inference settings added since — a temporary copy without
+    them (they do not touch the training step)."""
+    import dataclasses  # noqa: PLC0415
+    import importlib  # noqa: PLC0415
+
+    from mrcnn_ref.nn.checkpoint import load_checkpoint, save_checkpoint  # noqa: PLC0415
+
+    config_cls = importlib.import_module(f"{pkg}.model.config").MaskRCNNConfig
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    ck = load_checkpoint(checkpoint)
+    model_cfg = dict(ck["config"]["model"])
+    unknown = sorted(set(model_cfg) - known)
+    if not unknown:
+        return checkpoint
+    print(f"  ({pkg}: dropping config keys it does not know: {unknown})")
+    config = {**ck["config"], "model": {k: v for k, v in model_cfg.items() if k in known}}
+    path = os.path.join(tempfile.mkdtemp(prefix="bench_train_step_"), "model.npz")
+    return save_checkpoint(path, ck["params"], None, config=config, extra=ck["extra"])
+
+
 class _Version:
     """One package version's model and images, and a step function."""
 
@@ -72,7 +94,7 @@ class _Version:
 
         self.train = importlib.import_module(f"{pkg}.train")
         self.transforms = importlib.import_module(f"{pkg}.data.transforms")
-        self.model, rc, _ = self.train.load_model(checkpoint)
+        self.model, rc, _ = self.train.load_model(_for_package(pkg, checkpoint))
         ds = self.train.build_dataset(rc.train, "train", n_images)
         self.samples = [ds[i] for i in range(n_images)]
 

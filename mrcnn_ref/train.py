@@ -27,7 +27,7 @@ import numpy as np
 
 from ._io import write_json
 from .backend import get_backend
-from .model.config import INFERENCE_KEYS, MaskRCNNConfig, load_config
+from .model.config import INFERENCE_KEYS, MaskRCNNConfig, load_config, with_inference_overrides
 from .nn.checkpoint import load_checkpoint, save_checkpoint
 from .nn.optim import SGD, WarmupCosineLR, WarmupMultiStepLR, clip_grad_norm, global_grad_norm
 from .parallel import GradientWorkers, can_fork, share_parameters
@@ -552,18 +552,26 @@ def summarize_history(history: dict, max_points: int = 500) -> dict:
     return out
 
 
-def export_model(checkpoint_path, out_path):
+def export_model(checkpoint_path, out_path, inference_overrides=None):
     """Write a parameters-only copy of a training checkpoint — what ships as
     :data:`BUNDLED_CHECKPOINT`: no optimizer state, and the loss history reduced by
     :func:`summarize_history` (``extra["loss_history"]``, ≤ 500 points per loss, for plotting).
-    Returns ``out_path``."""
+    ``inference_overrides`` (a dict of :data:`~mrcnn_ref.model.config.INFERENCE_KEYS` values, e.g.
+    ``{"matrix_nms": "all_classes"}``) changes the exported model's inference settings, as
+    ``evaluate --set`` does. Returns ``out_path``."""
     ck = load_checkpoint(os.fspath(checkpoint_path))
+    config = ck["config"]
+    if inference_overrides:
+        if not isinstance(config, dict) or "model" not in config:
+            raise ValueError(f"export_model: {os.fspath(checkpoint_path)!r} has no run config to override")
+        model_cfg = with_inference_overrides(load_config(dict(config["model"])), inference_overrides)
+        config = {**config, "model": model_cfg.to_dict()}
     extra = dict(ck["extra"] or {})
     history = extra.pop("history", None) or {}
     extra["final_loss"] = (history.get("total") or [None])[-1]
     extra["loss_history"] = summarize_history(history)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    return save_checkpoint(out_path, ck["params"], None, config=ck["config"], rng_state=None, extra=extra)
+    return save_checkpoint(out_path, ck["params"], None, config=config, rng_state=None, extra=extra)
 
 
 def bundled_or_trained_model(fallback_iterations: int):

@@ -58,3 +58,24 @@ def test_bench_train_step_bad_arguments(tmp_path):
     assert out.returncode != 0 and "checkpoint not found" in out.stderr
     out = _bench("--against", "HEAD", "--against-checkpoint", str(tmp_path / "x.npz"))
     assert out.returncode != 0 and "not both" in out.stderr
+
+
+def test_bench_drops_config_keys_an_older_revision_does_not_know(tmp_path):
+    """An older revision cannot load a checkpoint whose config has newer (inference) keys; the
+    benchmark hands it a copy without them, and the same file when nothing is unknown."""
+    import importlib.util
+
+    from mrcnn_ref.nn.checkpoint import load_checkpoint, save_checkpoint
+
+    spec = importlib.util.spec_from_file_location("bench_train_step",
+                                                  os.path.join(REPO, "benchmarks", "bench_train_step.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    shipped = os.path.join(REPO, "mrcnn_ref", "checkpoints", "shapes.npz")
+    assert bench._for_package("mrcnn_ref", shipped) == shipped
+    ck = load_checkpoint(shipped)
+    config = {**ck["config"], "model": {**ck["config"]["model"], "a_future_setting": 1}}
+    newer = save_checkpoint(str(tmp_path / "newer.npz"), ck["params"], None, config=config, extra=ck["extra"])
+    stripped = bench._for_package("mrcnn_ref", newer)
+    assert stripped != newer
+    assert load_checkpoint(stripped)["config"] == ck["config"]

@@ -188,6 +188,15 @@ def test_export_model_is_small_and_loads(tmp_path):
     # two iterations, up to 500 points: the summary keeps each iteration (to 6 digits)
     assert extra["loss_history"]["iteration"] == [1, 2]
     assert extra["loss_history"]["total"] == pytest.approx(ref_extra["history"]["total"], rel=1e-5)
+    assert model.config == ref.config
+    # inference settings can be changed on export; trained fields cannot
+    dst2 = export_model(str(out / "model.npz"), str(tmp_path / "b2.npz"),
+                        inference_overrides={"matrix_nms": "per_class", "score_thresh": 0.2})
+    m2, _, _ = load_model(dst2)
+    assert m2.config == ref.config.replace(matrix_nms="per_class", score_thresh=0.2)
+    with pytest.raises(ValueError, match="cannot be changed after training"):
+        export_model(str(out / "model.npz"), str(tmp_path / "b3.npz"), inference_overrides={"num_classes": 5})
+    assert not os.path.exists(tmp_path / "b3.npz")
 
 
 @settings(max_examples=30, deadline=None)

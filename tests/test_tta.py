@@ -1,4 +1,5 @@
-"""Flip test-time augmentation and mask rescoring (mrcnn_ref.model.tta) and their use in predict."""
+"""Flip test-time augmentation, mask rescoring and Matrix NMS (mrcnn_ref.model.tta) and their
+use in predict."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -8,7 +9,8 @@ from hypothesis.extra.numpy import arrays
 from mrcnn_ref.boxes import decode_boxes, hflip_boxes
 from mrcnn_ref.data.masks import paste_masks_in_image
 from mrcnn_ref.model.config import get_preset, with_inference_overrides
-from mrcnn_ref.model.tta import average_flipped_box_outputs, maskness, unflip_masks
+from mrcnn_ref.model.tta import (average_flipped_box_outputs, mask_iou_matrix, maskness,
+                                 matrix_nms_decay, unflip_masks)
 from mrcnn_ref.ops.losses import log_softmax
 
 
@@ -107,6 +109,13 @@ def test_inference_overrides():
         with_inference_overrides(cfg, ["test_flip=yes"])
     with pytest.raises(TypeError, match="true or false"):
         with_inference_overrides(cfg, ["test_flip=1"])
+    # a text setting may be given as a bare word (or as a JSON string); a wrong word is an error
+    assert with_inference_overrides(cfg, ["matrix_nms=per_class"]).matrix_nms == "per_class"
+    assert with_inference_overrides(cfg, ['matrix_nms="off"']).matrix_nms == "off"
+    with pytest.raises(ValueError, match="matrix_nms must be one of"):
+        with_inference_overrides(cfg, ["matrix_nms=everything"])
+    with pytest.raises(ValueError, match="matrix_nms_sigma must be > 0"):
+        with_inference_overrides(cfg, ["matrix_nms_sigma=0"])
 
 
 @pytest.fixture(scope="module")
@@ -135,12 +144,14 @@ def test_mask_rescoring_multiplies_the_scores_by_maskness(bundled):
     sample = _val_images(rcfg, 1)[0]
     x = to_model_input(sample)[None]
     try:
-        model.config = with_inference_overrides(base, {"test_flip": False, "mask_rescoring": False})
+        model.config = with_inference_overrides(base, {"test_flip": False, "mask_rescoring": False,
+                                                       "matrix_nms": "off"})
         plain = model.predict(x)
         feats = model.backbone(model._prepare_image(x, "test")[0])
         probs = model._mask_probs(feats, plain["boxes"], plain["labels"])
         model.clear_caches()
-        model.config = with_inference_overrides(base, {"test_flip": False, "mask_rescoring": True})
+        model.config = with_inference_overrides(base, {"test_flip": False, "mask_rescoring": True,
+                                                       "matrix_nms": "off"})
         rescored = model.predict(x)
     finally:
         model.config = base
@@ -212,3 +223,126 @@ def test_flip_tta_on_an_image_whose_size_is_not_a_multiple_of_32(bundled, monkey
     np.testing.assert_array_equal(mirror[:, :, :100, :77], image[:, :, :100, :77][:, :, :, ::-1])
     np.testing.assert_array_equal(mirror[:, :, 100:], image[:, :, 100:])        # the same padding
     np.testing.assert_array_equal(mirror[:, :, :, 77:], image[:, :, :, 77:])
+
+
+# ----------------------------------------------------------------------------- Matrix NMS
+masks_st = st.integers(0, 2**31 - 1).flatmap(lambda seed: st.tuples(
+    st.just(seed), st.integers(0, 7), st.integers(1, 9), st.integers(1, 9)))
+
+
+def _random_masks(seed, d, h, w):
+    """Masks that often overlap: rectangles plus noise, some of them copies (duplicates)."""
+    rng = np.random.default_rng(seed)
+    m = rng.random((d, h, w)) < rng.uniform(0.1, 0.9)
+    for i in range(1, d):
+        if rng.random() < 0.3:                       # a near-duplicate of an earlier mask
+            m[i] = m[rng.integers(0, i)] ^ (rng.random((h, w)) < 0.1)
+    if d and rng.random() < 0.3:
+        m[rng.integers(0, d)] = False                # an empty mask
+    return m
+
+
+@given(case=masks_st, chunk=st.integers(1, 100))
+def test_mask_iou_matrix_is_pairwise_iou(case, chunk):
+    """Against the definition, pair by pair; any chunk size gives the same counts."""
+    m = _random_masks(*case)
+    got = mask_iou_matrix(m, chunk_pixels=chunk)
+    d = m.shape[0]
+    want = np.zeros((d, d))
+    for i in range(d):
+        for j in range(d):
+            union = np.logical_or(m[i], m[j]).sum()
+            want[i, j] = np.logical_and(m[i], m[j]).sum() / union if union else 0.0
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def _matrix_nms_reference(masks, labels, sigma):
+    """The formula of the tta docstring, one detection at a time."""
+    d = masks.shape[0]
+
+    def iou(a, b):
+        if labels is not None and labels[a] != labels[b]:
+            return 0.0
+        union = np.logical_or(masks[a], masks[b]).sum()
+        return np.logical_and(masks[a], masks[b]).sum() / union if union else 0.0
+
+    comp = [max([iou(k, i) for k in range(i)], default=0.0) for i in range(d)]
+    return np.array([min([np.exp(-sigma * (iou(i, j) ** 2 - comp[i] ** 2)) for i in range(j)], default=1.0)
+                     for j in range(d)])
+
+
+@given(case=masks_st, sigma=st.floats(0.1, 10.0), per_class=st.booleans())
+@settings(max_examples=60, deadline=None)
+def test_matrix_nms_decay_matches_the_formula(case, sigma, per_class):
+    seed, d, h, w = case
+    m = _random_masks(seed, d, h, w)
+    rng = np.random.default_rng(seed + 1)
+    scores = np.sort(rng.random(d))[::-1]
+    labels = rng.integers(1, 3, d) if per_class else None
+    got = matrix_nms_decay(m, scores, labels, sigma=sigma)
+    np.testing.assert_allclose(got, _matrix_nms_reference(m, labels, sigma), rtol=1e-12, atol=1e-15)
+    assert np.all((got > 0) & (got <= 1.0))
+    if d:
+        assert got[0] == 1.0
+
+
+def test_matrix_nms_decay_by_hand():
+    """A duplicate of the top mask (IoU 1) is decayed by exp(-sigma); a disjoint mask is not; a
+    mask overlapping only the duplicate is compensated (the duplicate is itself overlapped)."""
+    m = np.zeros((4, 4, 8), dtype=bool)
+    m[0, :, :2] = True                   # top
+    m[1, :, :2] = True                   # its duplicate
+    m[2, :, 6:] = True                   # disjoint from both
+    m[3, :, 1:3] = True                  # IoU 1/3 with the top and with the duplicate
+    f = matrix_nms_decay(m, np.array([0.9, 0.8, 0.7, 0.6]), sigma=2.0)
+    np.testing.assert_allclose(f[:3], [1.0, np.exp(-2.0), 1.0])
+    # row 0: exp(-2/9); row 1 (duplicate, comp 1): exp(-2 (1/9 - 1)) > 1; the min is row 0's
+    np.testing.assert_allclose(f[3], np.exp(-2.0 / 9))
+    # per class: a duplicate of another class is left alone
+    f = matrix_nms_decay(m, np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 2, 1, 2]), sigma=2.0)
+    np.testing.assert_allclose(f, [1.0, 1.0, 1.0, np.exp(-2.0 / 9)])
+
+
+def test_matrix_nms_decay_bad_input():
+    m = np.zeros((2, 3, 3), dtype=bool)
+    with pytest.raises(ValueError, match="sorted in decreasing order"):
+        matrix_nms_decay(m, np.array([0.1, 0.5]))
+    with pytest.raises(ValueError, match="scores must have shape"):
+        matrix_nms_decay(m, np.array([0.5]))
+    with pytest.raises(ValueError, match="labels must have shape"):
+        matrix_nms_decay(m, np.array([0.5, 0.1]), np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="sigma must be a number > 0"):
+        matrix_nms_decay(m, np.array([0.5, 0.1]), sigma=0.0)
+    assert matrix_nms_decay(np.zeros((0, 3, 3), dtype=bool), np.zeros(0)).shape == (0,)
+
+
+@pytest.mark.parametrize("mode,rescoring", [("all_classes", True), ("per_class", True), ("all_classes", False)])
+def test_predict_with_matrix_nms_decays_the_scores(bundled, mode, rescoring):
+    """Same detections with and without Matrix NMS; the scores differ by exactly the decay of
+    the masks predict returned without it, and are sorted again."""
+    from mrcnn_ref.data.transforms import to_model_input
+
+    model, rcfg, _ = bundled
+    base = model.config
+    found_decay = False
+    try:
+        for sample in _val_images(rcfg, 6):
+            x = to_model_input(sample)[None]
+            model.config = with_inference_overrides(base, {"test_flip": False, "matrix_nms": "off",
+                                                           "mask_rescoring": rescoring})
+            plain = model.predict(x)
+            model.config = with_inference_overrides(base, {"test_flip": False, "matrix_nms": mode,
+                                                           "mask_rescoring": rescoring})
+            decayed = model.predict(x)
+            f = matrix_nms_decay(plain["masks"], plain["scores"],
+                                 plain["labels"] if mode == "per_class" else None, sigma=base.matrix_nms_sigma)
+            expected = plain["scores"] * f.astype(plain["scores"].dtype)
+            order = np.argsort(-expected, kind="stable")
+            np.testing.assert_array_equal(decayed["scores"], expected[order])
+            np.testing.assert_array_equal(decayed["labels"], plain["labels"][order])
+            np.testing.assert_array_equal(decayed["masks"], plain["masks"][order])
+            np.testing.assert_array_equal(decayed["boxes"], plain["boxes"][order])
+            found_decay |= bool(np.any(f < 0.99))
+    finally:
+        model.config = base
+    assert found_decay, "no detection overlapped another on these images: the test proved nothing"

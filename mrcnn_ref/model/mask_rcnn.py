@@ -296,8 +296,8 @@ class MaskRCNN(Module):
         int64 in 1..K-1, ``masks`` (D, H, W) bool (the class's mask probability >= 0.5, pasted
         into the image), sorted by decreasing score. With ``config.test_flip`` the box and mask
         heads' outputs are averaged with those of the mirrored image, and with
-        ``config.mask_rescoring`` each score is multiplied by its mask's maskness
-        (:mod:`mrcnn_ref.model.tta`).
+        ``config.mask_rescoring`` each score is multiplied by its mask's maskness, and with
+        ``config.matrix_nms`` by its Matrix NMS decay (:mod:`mrcnn_ref.model.tta`).
         """
         from ..boxes import hflip_boxes  # noqa: PLC0415
         from ..data.masks import paste_masks_in_image  # noqa: PLC0415
@@ -338,6 +338,12 @@ class MaskRCNN(Module):
                     order = argsort_descending(scores)
                     boxes, scores, labels, probs = boxes[order], scores[order], labels[order], probs[order]
                 masks = paste_masks_in_image(probs, boxes, (h, w), threshold=cfg.mask_threshold)
+                if cfg.matrix_nms != "off":
+                    scores = scores * tta.matrix_nms_decay(
+                        masks, scores, labels if cfg.matrix_nms == "per_class" else None,
+                        sigma=cfg.matrix_nms_sigma).astype(scores.dtype)
+                    order = argsort_descending(scores)
+                    boxes, scores, labels, masks = boxes[order], scores[order], labels[order], masks[order]
             else:
                 masks = xp.zeros((0, h, w), dtype=bool)
         finally:

@@ -1,7 +1,8 @@
-"""Inference-only refinements: horizontal-flip test-time augmentation and mask rescoring.
+"""Inference-only refinements: horizontal-flip test-time augmentation, mask rescoring and
+Matrix NMS.
 
-Neither changes training or the weights; both are switched on by config fields
-(``test_flip``, ``mask_rescoring``; off by default, on in the ``shapes`` preset) and used by
+None changes training or the weights; each is switched on by a config field (``test_flip``,
+``mask_rescoring``, ``matrix_nms``; off by default, on in the ``shapes`` preset) and used by
 :meth:`mrcnn_ref.model.mask_rcnn.MaskRCNN.predict`.
 
 **Flip test-time augmentation.** The network is run a second time on the mirrored image
@@ -21,6 +22,21 @@ horizontal-flip TTA; it doubles the cost of inference.
 sure the box head is of the class, not how good its mask is. Multiplying the score by the mean
 probability of the pixels the mask keeps (``p >= threshold``) ranks confident, crisp masks above
 hesitant ones — which is what mask AP rewards — at no training cost.
+
+**Matrix NMS** (also SOLOv2). The box NMS keeps two detections whose *boxes* overlap less than
+its threshold, even when their *masks* are nearly the same object — a duplicate, or the same
+object called two classes. Matrix NMS does not delete anything: it lowers each detection's score
+by how much its mask overlaps the masks of higher-scored detections, all pairs at once. With the
+detections sorted by score and ``iou[i, j]`` the mask IoU of ``i`` (higher) and ``j`` (lower),
+
+    decay_j = min over i < j of  exp(-sigma * (iou[i, j]**2 - comp_i**2)),
+    comp_i  = max over k < i of  iou[k, i]          (how much i is itself overlapped),
+
+so a detection overlapped by one that is itself a duplicate is decayed less. The top detection
+keeps its score (decay 1), and every decay is in (0, 1]. SOLOv2 compares masks of one class only
+(``per_class``); in the shapes data, where occluded parts are cut out of the masks, the visible
+masks of two objects never overlap, so a large mask IoU between *any* two detections means one of
+them is wrong (``all_classes``).
 """
 from __future__ import annotations
 
@@ -29,7 +45,7 @@ import numpy as np
 from .._checks import check_array
 from ..backend import get_array_module
 
-__all__ = ["average_flipped_box_outputs", "unflip_masks", "maskness"]
+__all__ = ["average_flipped_box_outputs", "unflip_masks", "maskness", "mask_iou_matrix", "matrix_nms_decay"]
 
 # Boxes go into the mirror and back with mrcnn_ref.boxes.hflip_boxes (the flip augmentation's).
 
@@ -84,3 +100,58 @@ def maskness(mask_probs, threshold=0.5):
     n = keep.sum(axis=(1, 2))
     total = xp.where(keep, mask_probs, 0).sum(axis=(1, 2))
     return xp.where(n > 0, total / xp.maximum(n, 1), 0).astype(mask_probs.dtype)
+
+
+def mask_iou_matrix(masks, chunk_pixels=1 << 16):
+    """IoU of every pair of binary masks: masks (D, H, W) bool -> (D, D) float64.
+
+    Intersections are one matrix product of the flattened masks (0/1 values, so the float sums
+    are exact counts), taken over blocks of ``chunk_pixels`` pixels so a big image needs no
+    (D, H*W) float copy. Two empty masks have IoU 0.
+    """
+    check_array(masks, "masks", "mask_iou_matrix", ndim=3)
+    xp = get_array_module(masks)
+    d = masks.shape[0]
+    flat = masks.reshape(d, masks.shape[1] * masks.shape[2])
+    # float32 sums of 0/1 products are exact below 2**24 pixels; beyond that use float64
+    dtype = xp.float32 if flat.shape[1] < (1 << 24) else xp.float64
+    inter = xp.zeros((d, d), dtype=xp.float64)
+    for start in range(0, flat.shape[1], chunk_pixels):
+        block = flat[:, start:start + chunk_pixels].astype(dtype)
+        inter += (block @ block.T).astype(xp.float64)
+    area = xp.diagonal(inter).copy()
+    union = area[:, None] + area[None, :] - inter
+    return xp.where(union > 0, inter / xp.maximum(union, 1.0), 0.0)
+
+
+def matrix_nms_decay(masks, scores, labels=None, sigma=2.0):
+    """SOLOv2's Matrix NMS (Gaussian kernel): the factor (D,) to multiply each score by.
+
+    masks: (D, H, W) bool; scores: (D,) sorted in decreasing order (as ``predict`` returns them);
+    labels: (D,) class ids to decay only within a class, or None to compare all detections.
+    sigma > 0: larger decays overlapping detections more (SOLOv2's default 2.0). Returns factors
+    in (0, 1]; the first detection's is 1. See the module docstring for the formula.
+    """
+    where = "matrix_nms_decay"
+    check_array(masks, "masks", where, ndim=3)
+    xp = get_array_module(masks)
+    d = masks.shape[0]
+    if scores.shape != (d,):
+        raise ValueError(f"{where}: scores must have shape ({d},) to match masks, got {tuple(scores.shape)}")
+    if labels is not None and labels.shape != (d,):
+        raise ValueError(f"{where}: labels must have shape ({d},) to match masks, got {tuple(labels.shape)}")
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+        raise ValueError(f"{where}: sigma must be a number > 0, got {sigma!r}")
+    if d > 1 and bool(xp.any(scores[1:] > scores[:-1])):
+        raise ValueError(f"{where}: scores must be sorted in decreasing order")
+    if d == 0:
+        return xp.ones(0, dtype=xp.float64)
+    iou = xp.triu(mask_iou_matrix(masks), k=1)            # iou[i, j] for i < j (i scores higher)
+    if labels is not None:
+        iou = iou * (labels[:, None] == labels[None, :])
+    comp = iou.max(axis=0)                                # comp_i = max over k < i of iou[k, i]
+    factors = xp.exp(-sigma * (iou ** 2 - comp[:, None] ** 2))
+    above = xp.triu(xp.ones((d, d), dtype=bool), k=1)     # only higher-scored detections decay j
+    decay = xp.where(above, factors, xp.inf).min(axis=0)
+    decay[0] = 1.0                                        # (entry (0, j) has comp_0 = 0: decay <= 1)
+    return decay
