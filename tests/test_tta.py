@@ -313,7 +313,10 @@ def test_matrix_nms_decay_bad_input():
         matrix_nms_decay(m, np.array([0.5, 0.1]), np.array([1, 2, 3]))
     with pytest.raises(ValueError, match="sigma must be a number > 0"):
         matrix_nms_decay(m, np.array([0.5, 0.1]), sigma=0.0)
+    with pytest.raises(ValueError, match="sigma must be a number > 0"):
+        matrix_nms_decay(m, np.array([0.5, 0.1]), sigma="2")
     assert matrix_nms_decay(np.zeros((0, 3, 3), dtype=bool), np.zeros(0)).shape == (0,)
+    np.testing.assert_array_equal(matrix_nms_decay(m, np.array([0.5, 0.1]), sigma=np.float32(2.0)), [1.0, 1.0])
 
 
 @pytest.mark.parametrize("mode,rescoring", [("all_classes", True), ("per_class", True), ("all_classes", False)])

@@ -40,6 +40,8 @@ them is wrong (``all_classes``).
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .._checks import check_array
@@ -140,7 +142,7 @@ def matrix_nms_decay(masks, scores, labels=None, sigma=2.0):
         raise ValueError(f"{where}: scores must have shape ({d},) to match masks, got {tuple(scores.shape)}")
     if labels is not None and labels.shape != (d,):
         raise ValueError(f"{where}: labels must have shape ({d},) to match masks, got {tuple(labels.shape)}")
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not sigma > 0:
         raise ValueError(f"{where}: sigma must be a number > 0, got {sigma!r}")
     if d > 1 and bool(xp.any(scores[1:] > scores[:-1])):
         raise ValueError(f"{where}: scores must be sorted in decreasing order")
