@@ -12,8 +12,9 @@ per step and the median of the per-round ratios. The losses of the two versions 
 a pure speed-up must give the same numbers. Without ``--against`` only this checkout is timed.
 
 ``--against-checkpoint CK`` instead compares two *models* with this checkout's code: the one of
-``--checkpoint`` and the one of ``CK`` (each named by its path) (say, a run with ``"mask_head_channels": 32``), trained
-models, so that each proposes and samples RoIs as in real training. Their losses differ, of course.
+``--checkpoint`` and the one of ``CK`` (say, a run with ``"mask_head_channels": 32``), each named
+by its path. Use trained models, so that each proposes and samples RoIs as in real training.
+Their losses differ, of course.
 
 One BLAS thread, as each of the two training processes of the shapes recipe uses. Like the CLI, it
 first calls ``mrcnn_ref.memory.retain_freed_memory`` (freed temporaries are reused).

@@ -561,13 +561,13 @@ for (flip, rescore), m in ablation.items():
 # parts are cut out), so a large mask IoU between any two detections means one of them is wrong.
 # **Matrix NMS** (SOLOv2) deletes nothing: it multiplies each detection's score by a decay that
 # shrinks with its mask IoU to every higher-scored detection, compensated when that one is itself
-# overlapped — all pairs at once, from one IoU matrix (one matrix product of the flattened masks).
+# overlapped — all pairs at once, from one IoU matrix: section 1's `mask_iou` of the detections'
+# masks with themselves.
 # A duplicate drops far down the ranking, where it costs AP50 little, and is still there if it
 # happens to be the better mask at IoU 0.9. The preset applies it across classes
 # (`matrix_nms="all_classes"`; SOLOv2's own is `"per_class"`).
 
 # %%
-print(inspect.getsource(tta.mask_iou_matrix))
 print(inspect.getsource(tta.matrix_nms_decay))
 
 # %% [markdown]
@@ -577,22 +577,22 @@ print(inspect.getsource(tta.matrix_nms_decay))
 
 # %%
 model.config = with_inference_overrides(base_cfg, {"matrix_nms": "off"})
-strongest = None                            # (image index, detections, decay factors, index)
+strongest = None                # (score lost, image index, detections, decay factors, index)
 for i in range(min(len(val), 8 if SMOKE else 40)):
     dets = predict_image(model, val[i]["image"], score_thresh=0.0)
     if len(dets["scores"]) < 2:
         continue
     decay = tta.matrix_nms_decay(dets["masks"], dets["scores"], sigma=base_cfg.matrix_nms_sigma)
-    loss = dets["scores"] * (1 - decay)
-    j = int(np.argmax(loss))
-    if strongest is None or loss[j] > strongest[1]["scores"][strongest[3]] * (1 - strongest[2][strongest[3]]):
-        strongest = (i, dets, decay, j)
+    lost = dets["scores"] * (1 - decay)
+    j = int(np.argmax(lost))
+    if strongest is None or lost[j] > strongest[0]:
+        strongest = (lost[j], i, dets, decay, j)
 model.config = base_cfg
 if strongest is None:
     print("no image with two detections among these (a briefly trained model finds little)")
 else:
-    i, dets, decay, j = strongest
-    iou = tta.mask_iou_matrix(dets["masks"])
+    _, i, dets, decay, j = strongest
+    iou = mask_iou(dets["masks"], dets["masks"])
     k = int(np.argmax(iou[:j, j])) if j > 0 else 0
     print(f"val image {i}: detection {j} ({NAMES[int(dets['labels'][j])]}, score {dets['scores'][j]:.3f}) "
           f"overlaps detection {k} ({NAMES[int(dets['labels'][k])]}, score {dets['scores'][k]:.3f}) at "
@@ -748,7 +748,7 @@ all_metrics = [m for m in metrics.values()] + sweep_shift + sweep_grow + sweep_d
 all_metrics += [{"segm": m} for m in sweep_fp_hi + sweep_fp_lo] + [model_metrics]
 all_metrics += list(ablation.values()) + list(matrix_ablation.values())
 if strongest is not None:                   # Matrix NMS only lowers scores, the top one not at all
-    img_i, dets, decay, _ = strongest
+    _, img_i, dets, decay, _ = strongest
     assert decay[0] == 1.0 and np.all((decay > 0) & (decay <= 1.0)), decay
     model.config = with_inference_overrides(base_cfg, {"matrix_nms": "all_classes"})   # as `decay`
     decayed = predict_image(model, val[img_i]["image"], score_thresh=0.0)

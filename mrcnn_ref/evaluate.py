@@ -48,7 +48,7 @@ from collections import defaultdict
 import numpy as np
 
 from ._io import write_json
-from .backend import asnumpy
+from .backend import asnumpy, get_array_module
 from .data.rle import polygons_to_mask, rle_area, rle_decode, rle_encode, rle_to_bbox
 
 __all__ = [
@@ -99,21 +99,26 @@ def mask_iou(dt_masks, gt_masks, iscrowd=None):
     """IoU of binary masks: (D, H, W), (G, H, W) bool -> (D, G) float64 (crowd: inter / dt area).
 
     Intersections for all pairs at once are one matrix product of the flattened masks, restricted
-    to the pixels covered by some ground truth (the only ones that can intersect).
+    to the pixels covered by some ground truth (the only ones that can intersect). NumPy or CuPy
+    (the result lives with the masks); ``mask_iou(m, m)`` is the IoU matrix of one set, as Matrix
+    NMS (:mod:`mrcnn_ref.model.tta`) uses it.
     """
-    d = np.asarray(dt_masks, bool).reshape(len(dt_masks), -1)
-    g = np.asarray(gt_masks, bool).reshape(len(gt_masks), -1)
-    crowd = (np.zeros(len(g), bool) if iscrowd is None
-             else np.asarray(iscrowd, bool).reshape(-1))
-    ka = np.count_nonzero(d, axis=1).astype(np.float64)
-    kb = np.count_nonzero(g, axis=1).astype(np.float64)
-    support = np.flatnonzero(g.any(axis=0))
-    ftype = np.float32 if support.size < 2 ** 24 else np.float64   # exact integer counts
+    xp = get_array_module(dt_masks, gt_masks)
+    if len(dt_masks) == 0 or len(gt_masks) == 0:
+        return xp.zeros((len(dt_masks), len(gt_masks)), dtype=xp.float64)
+    d = xp.asarray(dt_masks, dtype=bool).reshape(len(dt_masks), -1)
+    g = xp.asarray(gt_masks, dtype=bool).reshape(len(gt_masks), -1)
+    crowd = (xp.zeros(len(g), dtype=bool) if iscrowd is None
+             else xp.asarray(iscrowd, dtype=bool).reshape(-1))
+    ka = xp.count_nonzero(d, axis=1).astype(xp.float64)
+    kb = xp.count_nonzero(g, axis=1).astype(xp.float64)
+    support = xp.flatnonzero(g.any(axis=0))
+    ftype = xp.float32 if support.size < 2 ** 24 else xp.float64   # exact integer counts
     # einsum rather than @: a product this thin gains nothing from (oversubscribed) BLAS threads
-    inter = np.einsum("dp,gp->dg", d[:, support].astype(ftype),
-                      g[:, support].astype(ftype)).astype(np.float64)
-    union = np.where(crowd[None, :], ka[:, None], ka[:, None] + kb[None, :] - inter)
-    return np.where(inter > 0, inter / np.where(inter > 0, union, 1.0), 0.0)
+    inter = xp.einsum("dp,gp->dg", d[:, support].astype(ftype),
+                      g[:, support].astype(ftype)).astype(xp.float64)
+    union = xp.where(crowd[None, :], ka[:, None], ka[:, None] + kb[None, :] - inter)
+    return xp.where(inter > 0, inter / xp.where(inter > 0, union, 1.0), 0.0)
 
 
 # --------------------------------------------------------------------------------------------

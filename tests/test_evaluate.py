@@ -5,6 +5,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mrcnn_ref.data.rle import rle_decode, rle_encode, rle_encode_uncompressed, rle_to_bbox
 from mrcnn_ref.evaluate import (
@@ -105,6 +107,31 @@ def test_box_and_mask_iou_hand():
     gm = np.stack([_rect_mask(20, 20, 5, 0, 15, 10), _rect_mask(20, 20, 0, 0, 5, 5)])
     np.testing.assert_allclose(mask_iou(dm, gm), [[50 / 150, 25 / 100]])
     np.testing.assert_allclose(mask_iou(gm[1:], dm, [1]), [[1.0]])
+
+
+@given(seed=st.integers(0, 2**31 - 1), d=st.integers(0, 6), g=st.integers(0, 6),
+       h=st.integers(1, 9), w=st.integers(1, 9))
+def test_mask_iou_is_pairwise_iou(seed, d, g, h, w):
+    """Against the definition, pair by pair (crowd: intersection over the detection's area);
+    also the IoU matrix of one set with itself, as Matrix NMS uses it. Empty masks give 0."""
+    rng = np.random.default_rng(seed)
+    dm = rng.random((d, h, w)) < rng.uniform(0.05, 0.9)
+    gm = rng.random((g, h, w)) < rng.uniform(0.05, 0.9)
+    if g:
+        gm[0] = False if rng.random() < 0.3 else gm[0]
+    crowd = rng.random(g) < 0.3
+
+    def ref(a, b, cr):
+        out = np.zeros((len(a), len(b)))
+        for i in range(len(a)):
+            for j in range(len(b)):
+                inter = np.logical_and(a[i], b[j]).sum()
+                union = a[i].sum() if cr[j] else np.logical_or(a[i], b[j]).sum()
+                out[i, j] = inter / union if inter else 0.0
+        return out
+
+    np.testing.assert_allclose(mask_iou(dm, gm, crowd), ref(dm, gm, crowd), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(mask_iou(dm, dm), ref(dm, dm, np.zeros(d, bool)), rtol=0, atol=1e-12)
 
 
 def test_tie_in_iou_goes_to_the_later_gt(tmp_path):

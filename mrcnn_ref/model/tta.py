@@ -46,8 +46,9 @@ import numpy as np
 
 from .._checks import check_array
 from ..backend import get_array_module
+from ..evaluate import mask_iou
 
-__all__ = ["average_flipped_box_outputs", "unflip_masks", "maskness", "mask_iou_matrix", "matrix_nms_decay"]
+__all__ = ["average_flipped_box_outputs", "unflip_masks", "maskness", "matrix_nms_decay"]
 
 # Boxes go into the mirror and back with mrcnn_ref.boxes.hflip_boxes (the flip augmentation's).
 
@@ -104,35 +105,14 @@ def maskness(mask_probs, threshold=0.5):
     return xp.where(n > 0, total / xp.maximum(n, 1), 0).astype(mask_probs.dtype)
 
 
-def mask_iou_matrix(masks, chunk_pixels=1 << 16):
-    """IoU of every pair of binary masks: masks (D, H, W) bool -> (D, D) float64.
-
-    Intersections are one matrix product of the flattened masks (0/1 values, so the float sums
-    are exact counts), taken over blocks of ``chunk_pixels`` pixels so a big image needs no
-    (D, H*W) float copy. Two empty masks have IoU 0.
-    """
-    check_array(masks, "masks", "mask_iou_matrix", ndim=3)
-    xp = get_array_module(masks)
-    d = masks.shape[0]
-    flat = masks.reshape(d, masks.shape[1] * masks.shape[2])
-    # float32 sums of 0/1 products are exact below 2**24 pixels; beyond that use float64
-    dtype = xp.float32 if flat.shape[1] < (1 << 24) else xp.float64
-    inter = xp.zeros((d, d), dtype=xp.float64)
-    for start in range(0, flat.shape[1], chunk_pixels):
-        block = flat[:, start:start + chunk_pixels].astype(dtype)
-        inter += (block @ block.T).astype(xp.float64)
-    area = xp.diagonal(inter).copy()
-    union = area[:, None] + area[None, :] - inter
-    return xp.where(union > 0, inter / xp.maximum(union, 1.0), 0.0)
-
-
 def matrix_nms_decay(masks, scores, labels=None, sigma=2.0):
     """SOLOv2's Matrix NMS (Gaussian kernel): the factor (D,) to multiply each score by.
 
     masks: (D, H, W) bool; scores: (D,) sorted in decreasing order (as ``predict`` returns them);
     labels: (D,) class ids to decay only within a class, or None to compare all detections.
     sigma > 0: larger decays overlapping detections more (SOLOv2's default 2.0). Returns factors
-    in (0, 1]; the first detection's is 1. See the module docstring for the formula.
+    in (0, 1]; the first detection's is 1. See the module docstring for the formula. The mask
+    IoUs are :func:`mrcnn_ref.evaluate.mask_iou`'s, the COCO evaluation's own.
     """
     where = "matrix_nms_decay"
     check_array(masks, "masks", where, ndim=3)
@@ -148,7 +128,7 @@ def matrix_nms_decay(masks, scores, labels=None, sigma=2.0):
         raise ValueError(f"{where}: scores must be sorted in decreasing order")
     if d == 0:
         return xp.ones(0, dtype=xp.float64)
-    iou = xp.triu(mask_iou_matrix(masks), k=1)            # iou[i, j] for i < j (i scores higher)
+    iou = xp.triu(mask_iou(masks, masks), k=1)            # iou[i, j] for i < j (i scores higher)
     if labels is not None:
         iou = iou * (labels[:, None] == labels[None, :])
     comp = iou.max(axis=0)                                # comp_i = max over k < i of iou[k, i]
