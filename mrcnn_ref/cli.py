@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_set_option(p):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="change an inference setting of the checkpoint's config, e.g. "
-                        "test_flip=false, mask_rescoring=false, matrix_nms=off, score_thresh=0.3 "
-                        "(repeatable)")
+                        "test_flip=false, 'test_scales=[1.0]', mask_rescoring=false, matrix_nms=off, "
+                        "score_thresh=0.3 (repeatable; lists and numbers in JSON)")
 
 
 def _load_for_inference(args):

@@ -199,7 +199,7 @@ def _mask_iou(a, b):
 
 # The shapes preset predicts with flip test-time augmentation; a model fitted to one unflipped
 # image has never seen the mirror, so the overfit tests predict without it.
-OVERFIT_CONFIG = {"preset": "shapes", "test_flip": False}
+OVERFIT_CONFIG = {"preset": "shapes", "test_flip": False, "test_scales": [1.0]}
 
 
 def overfit_one_image(iterations, config=OVERFIT_CONFIG, image_size=128, seed=0, lr=0.01, max_norm=10.0):

@@ -9,7 +9,8 @@ from hypothesis.extra.numpy import arrays
 from mrcnn_ref.boxes import decode_boxes, hflip_boxes
 from mrcnn_ref.data.masks import paste_masks_in_image
 from mrcnn_ref.model.config import get_preset, with_inference_overrides
-from mrcnn_ref.model.tta import average_flipped_box_outputs, maskness, matrix_nms_decay, unflip_masks
+from mrcnn_ref.model.tta import (average_box_outputs, maskness, matrix_nms_decay, resize_images,
+                                unflip_masks)
 from mrcnn_ref.ops.losses import log_softmax
 
 
@@ -31,7 +32,7 @@ def test_mirrored_deltas_decode_to_the_mirrored_box(seed, n, k):
     in_mirror = decode_boxes(d_m, hflip_boxes(props, w), weights=(10.0, 10.0, 5.0, 5.0))
     back = hflip_boxes(in_mirror.reshape(-1, 4), w).reshape(n, 4 * k)
     # average of the mirror's opinion with itself, moved into the image frame
-    _, d_avg = average_flipped_box_outputs(logits, _negate_tx(d_m, k), logits, d_m)
+    _, d_avg = average_box_outputs([(logits, _negate_tx(d_m, k), False), (logits, d_m, True)])
     np.testing.assert_allclose(decode_boxes(d_avg, props, weights=(10.0, 10.0, 5.0, 5.0)), back,
                                rtol=1e-10, atol=1e-9)
 
@@ -47,18 +48,70 @@ def test_averaged_logits_give_the_mean_probabilities(seed, n, k):
     rng = np.random.default_rng(seed)
     a, b = rng.normal(0, 3, (n, k)), rng.normal(0, 3, (n, k))
     d = rng.normal(0, 1, (n, 4 * k))
-    logits, deltas = average_flipped_box_outputs(a, d, b, _negate_tx(d, k))
+    logits, deltas = average_box_outputs([(a, d, False), (b, _negate_tx(d, k), True)])
     mean_p = 0.5 * (np.exp(log_softmax(a, axis=1)) + np.exp(log_softmax(b, axis=1)))
     np.testing.assert_allclose(np.exp(log_softmax(logits, axis=1)), mean_p, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(deltas, d, rtol=1e-12)       # consistent views: nothing changes
 
 
-def test_average_flipped_box_outputs_checks_shapes():
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 8), k=st.integers(2, 5), views=st.integers(1, 4))
+def test_average_box_outputs_over_several_views(seed, n, k, views):
+    """Any number of views: the mean probability and the mean delta, mirrors' tx negated."""
+    rng = np.random.default_rng(seed)
+    outs = [(rng.normal(0, 3, (n, k)), rng.normal(0, 1, (n, 4 * k)), bool(rng.integers(2)))
+            for _ in range(views)]
+    before = [(c.copy(), d.copy()) for c, d, _ in outs]
+    logits, deltas = average_box_outputs(outs)
+    mean_p = np.mean([np.exp(log_softmax(c, axis=1)) for c, _, _ in outs], axis=0)
+    np.testing.assert_allclose(np.exp(log_softmax(logits, axis=1)), mean_p, rtol=1e-12, atol=1e-15)
+    here = [(_negate_tx(d, k) if m else d) for _, d, m in outs]
+    np.testing.assert_allclose(deltas, np.mean(here, axis=0), rtol=1e-12, atol=1e-15)
+    for (c, d, _), (c0, d0) in zip(outs, before):       # the inputs are not changed
+        np.testing.assert_array_equal(c, c0)
+        np.testing.assert_array_equal(d, d0)
+
+
+def test_average_box_outputs_checks_its_input():
     z = np.zeros((3, 4))
-    with pytest.raises(ValueError, match="class_logits_mirror"):
-        average_flipped_box_outputs(z, np.zeros((3, 16)), np.zeros((2, 4)), np.zeros((3, 16)))
-    with pytest.raises(ValueError, match="box deltas"):
-        average_flipped_box_outputs(z, np.zeros((3, 12)), z, np.zeros((3, 16)))
+    with pytest.raises(ValueError, match="class_logits of shape"):
+        average_box_outputs([(z, np.zeros((3, 16)), False), (np.zeros((2, 4)), np.zeros((3, 16)), True)])
+    with pytest.raises(ValueError, match="box deltas of shape"):
+        average_box_outputs([(z, np.zeros((3, 12)), False)])
+    with pytest.raises(ValueError, match="non-empty list"):
+        average_box_outputs([])
+    with pytest.raises(ValueError, match="triple"):
+        average_box_outputs([(z, np.zeros((3, 16)))])
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 40), w=st.integers(1, 40), h2=st.integers(1, 70), w2=st.integers(1, 70),
+       seed=st.integers(0, 2**31 - 1))
+def test_resize_images_matches_scikit_image(h, w, h2, w2, seed):
+    """Bilinear with half-pixel centres and edge clamping: scikit-image's order-1 resize with
+    mode "edge" and no anti-aliasing (an independent implementation)."""
+    from skimage.transform import resize
+
+    x = np.random.default_rng(seed).random((2, 3, h, w))
+    ours = resize_images(x, (h2, w2))
+    ref = resize(x, (2, 3, h2, w2), order=1, mode="edge", anti_aliasing=False)
+    assert ours.shape == (2, 3, h2, w2) and ours.dtype == x.dtype
+    np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_resize_images_keeps_float32_and_boxes_scale_with_it():
+    """A rectangle drawn at box (8, 12, 28, 20) in a 32 x 40 image, enlarged 1.5x, lies at the
+    1.5x box (x1, y1, x2, y2) = (12, 18, 42, 30) in the view: continuous coordinates scale."""
+    img = np.zeros((1, 3, 32, 40), np.float32)
+    img[:, :, 12:20, 8:28] = 1.0
+    view = resize_images(img, (48, 60))
+    assert view.dtype == np.float32
+    ys, xs = np.nonzero(view[0, 0] >= 0.5)
+    assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (12, 18, 42, 30)
+    np.testing.assert_array_equal(resize_images(img, (32, 40)), img)          # same size: a copy
+    with pytest.raises(ValueError, match="pair of positive ints"):
+        resize_images(img, (48,))
+    with pytest.raises(ValueError, match="pair of positive ints"):
+        resize_images(img, (48, 0))
 
 
 @settings(max_examples=30)
@@ -115,6 +168,12 @@ def test_inference_overrides():
         with_inference_overrides(cfg, ["matrix_nms=everything"])
     with pytest.raises(ValueError, match="matrix_nms_sigma must be > 0"):
         with_inference_overrides(cfg, ["matrix_nms_sigma=0"])
+    assert with_inference_overrides(cfg, ["test_scales=[1, 1.25, 2]"]).test_scales == (1, 1.25, 2)
+    for bad, msg in (("[1.5]", "must contain 1.0"), ("[1.0, 1.5, 1.5]", "no factor twice"),
+                     ("1.5", "non-empty list"), ("[]", "non-empty list"), ("[1.0, -2]", r"in \(0, 8\]"),
+                     ("[1.0, true]", "numbers")):
+        with pytest.raises(ValueError, match=msg):
+            with_inference_overrides(cfg, [f"test_scales={bad}"])
 
 
 @pytest.fixture(scope="module")
@@ -143,14 +202,14 @@ def test_mask_rescoring_multiplies_the_scores_by_maskness(bundled):
     sample = _val_images(rcfg, 1)[0]
     x = to_model_input(sample)[None]
     try:
-        model.config = with_inference_overrides(base, {"test_flip": False, "mask_rescoring": False,
-                                                       "matrix_nms": "off"})
+        model.config = with_inference_overrides(base, {"test_flip": False, "test_scales": [1.0],
+                                                       "mask_rescoring": False, "matrix_nms": "off"})
         plain = model.predict(x)
         feats = model.backbone(model._prepare_image(x, "test")[0])
         probs = model._mask_probs(feats, plain["boxes"], plain["labels"])
         model.clear_caches()
-        model.config = with_inference_overrides(base, {"test_flip": False, "mask_rescoring": True,
-                                                       "matrix_nms": "off"})
+        model.config = with_inference_overrides(base, {"test_flip": False, "test_scales": [1.0],
+                                                       "mask_rescoring": True, "matrix_nms": "off"})
         rescored = model.predict(x)
     finally:
         model.config = base
@@ -163,16 +222,21 @@ def test_mask_rescoring_multiplies_the_scores_by_maskness(bundled):
     assert np.all(np.diff(rescored["scores"]) <= 0)
 
 
-def test_flip_tta_runs_and_does_not_hurt_the_masks(bundled):
-    """On 8 val images: with flip TTA the detections change (the second view is used) and the
-    mean best mask IoU per ground-truth instance is at least as good, up to 0.01."""
+@pytest.mark.parametrize("before, after", [
+    ({"test_flip": False, "test_scales": [1.0]}, {"test_flip": True, "test_scales": [1.0]}),
+    ({"test_flip": True, "test_scales": [1.0]}, {"test_flip": True, "test_scales": [1.0, 1.5]}),
+], ids=["flip", "scale"])
+def test_tta_views_run_and_do_not_hurt_the_masks(bundled, before, after):
+    """On 8 val images: with one more kind of view (the mirror; an enlarged copy) the detections
+    change (the views are used) and the mean best mask IoU per ground-truth instance is at least
+    as good, up to 0.01."""
     from mrcnn_ref.data.transforms import to_model_input
 
     model, rcfg, _ = bundled
     base = model.config
 
-    def mean_best_iou(test_flip):
-        model.config = with_inference_overrides(base, {"test_flip": test_flip, "mask_rescoring": False})
+    def mean_best_iou(settings):
+        model.config = with_inference_overrides(base, {**settings, "mask_rescoring": False})
         best, scores = [], []
         for s in _val_images(rcfg, 8):
             det = model.predict(to_model_input(s)[None])
@@ -184,44 +248,71 @@ def test_flip_tta_runs_and_does_not_hurt_the_masks(bundled):
         return float(np.mean(best)), np.concatenate(scores)
 
     try:
-        plain, s_plain = mean_best_iou(False)
-        flipped, s_flip = mean_best_iou(True)
+        plain, s_plain = mean_best_iou(before)
+        more, s_more = mean_best_iou(after)
     finally:
         model.config = base
-    assert s_plain.shape != s_flip.shape or not np.allclose(s_plain, s_flip)
-    assert flipped >= plain - 0.01, (plain, flipped)
+    assert s_plain.shape != s_more.shape or not np.allclose(s_plain, s_more)
+    assert more >= plain - 0.01, (plain, more)
+
+
+def _views_seen_by_the_backbone(bundled, monkeypatch, settings):
+    """Predict on a 100 x 77 crop of a val image with inference ``settings``; returns the crop as
+    model input, the detections and every input the backbone saw, in order."""
+    from mrcnn_ref.data.transforms import to_model_input
+
+    model, rcfg, _ = bundled
+    x = to_model_input(np.ascontiguousarray(_val_images(rcfg, 1)[0]["image"][:100, :77]))[None]
+    inputs = []
+    real_forward = model.backbone.forward
+
+    def spy(v):
+        inputs.append(np.array(v))
+        return real_forward(v)
+
+    monkeypatch.setattr(model.backbone, "forward", spy)
+    base = model.config
+    try:
+        model.config = with_inference_overrides(base, settings)
+        det = model.predict(x)
+    finally:
+        model.config = base
+    assert det["masks"].shape[1:] == (100, 77) and len(det["boxes"]) > 0
+    return x, det, inputs
 
 
 def test_flip_tta_on_an_image_whose_size_is_not_a_multiple_of_32(bundled, monkeypatch):
     """The second view is the mirror of the *unpadded* image, padded on the right like the image
     itself (mirroring the padded image would move the content by the padding's width, and the
     mirrored proposals, computed with the image's width, would miss it)."""
-    from mrcnn_ref.data.transforms import to_model_input
-
-    model, rcfg, _ = bundled
-    sample = _val_images(rcfg, 1)[0]
-    crop = np.ascontiguousarray(sample["image"][:100, :77])
-    inputs = []
-    real_forward = model.backbone.forward
-
-    def spy(x):
-        inputs.append(np.array(x))
-        return real_forward(x)
-
-    monkeypatch.setattr(model.backbone, "forward", spy)
-    base = model.config
-    try:
-        model.config = with_inference_overrides(base, {"test_flip": True})
-        det = model.predict(to_model_input(crop)[None])
-    finally:
-        model.config = base
-    assert det["masks"].shape[1:] == (100, 77) and len(det["boxes"]) > 0
+    _, _, inputs = _views_seen_by_the_backbone(bundled, monkeypatch, {"test_flip": True, "test_scales": [1.0]})
     assert len(inputs) == 2
     image, mirror = inputs
     assert image.shape == mirror.shape and image.shape[2:] == (128, 96)      # padded to /32
     np.testing.assert_array_equal(mirror[:, :, :100, :77], image[:, :, :100, :77][:, :, :, ::-1])
     np.testing.assert_array_equal(mirror[:, :, 100:], image[:, :, 100:])        # the same padding
     np.testing.assert_array_equal(mirror[:, :, :, 77:], image[:, :, :, 77:])
+
+
+def test_scaled_views_are_the_resized_image_and_its_mirror(bundled, monkeypatch):
+    """With test_scales [1.0, 1.5] and the flip, the backbone sees four views: the image, its
+    mirror, the image enlarged to round(1.5 * size) by :func:`resize_images`, and that view's
+    mirror — each padded on the bottom/right to a multiple of 32. The proposals of the first view,
+    carried into the enlarged one, are its boxes times the per-axis factors of the rounded size."""
+    x, _, inputs = _views_seen_by_the_backbone(bundled, monkeypatch,
+                                               {"test_flip": True, "test_scales": [1.0, 1.5]})
+    assert [v.shape[2:] for v in inputs] == [(128, 96), (128, 96), (160, 128), (160, 128)]
+    big = resize_images(x, (150, 116))
+    np.testing.assert_array_equal(inputs[2][:, :, :150, :116], big)
+    np.testing.assert_array_equal(inputs[3][:, :, :150, :116], resize_images(x[:, :, :, ::-1], (150, 116)))
+    np.testing.assert_allclose(inputs[3][:, :, :150, :116], big[:, :, :, ::-1], atol=1e-6)
+    assert not inputs[2][:, :, 150:].any() and not inputs[2][:, :, :, 116:].any()
+    model = bundled[0]
+    boxes = np.array([[10.0, 20.0, 30.5, 60.0]], np.float32)
+    np.testing.assert_allclose(model._boxes_in_view(boxes, False, 1.5, (100, 77)),
+                               [[10 * 116 / 77, 20 * 1.5, 30.5 * 116 / 77, 60 * 1.5]], rtol=1e-6)
+    np.testing.assert_allclose(model._boxes_in_view(boxes, True, 1.5, (100, 77)),
+                               [[(77 - 30.5) * 116 / 77, 30.0, (77 - 10) * 116 / 77, 90.0]], rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- Matrix NMS
@@ -316,11 +407,11 @@ def test_predict_with_matrix_nms_decays_the_scores(bundled, mode, rescoring):
     try:
         for sample in _val_images(rcfg, 6):
             x = to_model_input(sample)[None]
-            model.config = with_inference_overrides(base, {"test_flip": False, "matrix_nms": "off",
-                                                           "mask_rescoring": rescoring})
+            model.config = with_inference_overrides(base, {"test_flip": False, "test_scales": [1.0],
+                                                           "matrix_nms": "off", "mask_rescoring": rescoring})
             plain = model.predict(x)
-            model.config = with_inference_overrides(base, {"test_flip": False, "matrix_nms": mode,
-                                                           "mask_rescoring": rescoring})
+            model.config = with_inference_overrides(base, {"test_flip": False, "test_scales": [1.0],
+                                                           "matrix_nms": mode, "mask_rescoring": rescoring})
             decayed = model.predict(x)
             f = matrix_nms_decay(plain["masks"], plain["scores"],
                                  plain["labels"] if mode == "per_class" else None, sigma=base.matrix_nms_sigma)

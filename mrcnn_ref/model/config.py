@@ -85,6 +85,7 @@ class MaskRCNNConfig:
     box_min_size: float = 1e-2
     mask_threshold: float = 0.5
     test_flip: bool = False                   # average with the mirrored image (mrcnn_ref.model.tta)
+    test_scales: tuple = (1.0,)               # ... and with the image enlarged by these factors (1.0: itself)
     mask_rescoring: bool = False              # score *= mean kept mask probability (SOLOv2 "maskness")
     matrix_nms: str = "off"                   # off | per_class | all_classes: SOLOv2's mask-IoU score decay
     matrix_nms_sigma: float = 2.0             # its Gaussian kernel: decay = exp(-sigma * iou^2 ...)
@@ -168,6 +169,14 @@ class MaskRCNNConfig:
         for n in ("test_flip", "mask_rescoring", "roi_aligned"):
             if not isinstance(getattr(self, n), bool):
                 raise TypeError(f"{where}: {n} must be true or false, got {getattr(self, n)!r}")
+        scales = self.test_scales
+        if (not isinstance(scales, (tuple, list)) or not scales
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 8 for v in scales)):
+            raise ValueError(f"{where}: test_scales must be a non-empty list of numbers in (0, 8], got "
+                             f"{scales!r}")
+        if 1.0 not in scales or len(set(scales)) != len(scales):
+            raise ValueError(f"{where}: test_scales must contain 1.0 (the proposals come from the image at "
+                             f"its own size) and no factor twice, got {list(scales)}")
         if not 0.0 <= self.score_thresh < 1.0:
             raise ValueError(f"{where}: score_thresh must be in [0, 1), got {self.score_thresh!r}")
         return self
@@ -178,8 +187,8 @@ _FIELDS = {f.name: f for f in fields(MaskRCNNConfig)}
 #: The fields that only change inference (not the weights): what ``mrcnn-ref evaluate/predict
 #: --set KEY=VALUE`` may override on a trained model.
 INFERENCE_KEYS = ("rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "score_thresh", "nms_thresh",
-                  "detections_per_img", "box_min_size", "mask_threshold", "test_flip", "mask_rescoring",
-                  "matrix_nms", "matrix_nms_sigma")
+                  "detections_per_img", "box_min_size", "mask_threshold", "test_flip", "test_scales",
+                  "mask_rescoring", "matrix_nms", "matrix_nms_sigma")
 
 
 def with_inference_overrides(config: MaskRCNNConfig, settings) -> MaskRCNNConfig:

@@ -295,11 +295,11 @@ class MaskRCNN(Module):
         Returns a dict of NumPy/CuPy arrays: ``boxes`` (D, 4), ``scores`` (D,), ``labels`` (D,)
         int64 in 1..K-1, ``masks`` (D, H, W) bool (the class's mask probability >= 0.5, pasted
         into the image), sorted by decreasing score. With ``config.test_flip`` the box and mask
-        heads' outputs are averaged with those of the mirrored image, and with
+        heads' outputs are averaged with those of the mirrored image (and with
+        ``config.test_scales`` with those of enlarged copies, and their mirrors), and with
         ``config.mask_rescoring`` each score is multiplied by its mask's maskness, and with
         ``config.matrix_nms`` by its Matrix NMS decay (:mod:`mrcnn_ref.model.tta`).
         """
-        from ..boxes import hflip_boxes  # noqa: PLC0415
         from ..data.masks import paste_masks_in_image  # noqa: PLC0415
         from . import tta  # noqa: PLC0415
 
@@ -316,23 +316,27 @@ class MaskRCNN(Module):
                 obj[0], dlt[0], anchors, counts, (h, w), pre_nms_top_n=cfg.rpn_pre_nms_top_n_test,
                 post_nms_top_n=cfg.rpn_post_nms_top_n_test, nms_thresh=cfg.rpn_nms_thresh,
                 min_size=cfg.rpn_min_size)
-            class_logits, box_deltas = self._box_outputs(feats, proposals)
-            feats_m = None
-            if cfg.test_flip:
-                # the mirror of the *unpadded* image, padded on the right like the image itself
-                feats_m = self.backbone(self._prepare_image(images[:, :, :, ::-1], where)[0])
-                class_logits, box_deltas = tta.average_flipped_box_outputs(
-                    class_logits, box_deltas, *self._box_outputs(feats_m, hflip_boxes(proposals, w)))
+            # test-time augmentation: the same proposals in every view of the image (tta module)
+            views = [(feats, False, 1.0)]                        # (features, mirrored, scale)
+            for s in cfg.test_scales:
+                for mirrored in ((False, True) if cfg.test_flip else (False,)):
+                    if s != 1.0 or mirrored:
+                        views.append((self.backbone(self._view_image(images, mirrored, s, where)),
+                                      mirrored, s))
+            class_logits, box_deltas = tta.average_box_outputs(
+                [(*self._box_outputs(f, self._boxes_in_view(proposals, mirrored, s, (h, w))), mirrored)
+                 for f, mirrored, s in views])
             boxes, scores, labels = postprocess_detections(
                 class_logits, box_deltas, proposals, (h, w),
                 score_thresh=cfg.score_thresh if score_thresh is None else score_thresh,
                 nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img,
                 box_weights=cfg.box_weights, min_size=cfg.box_min_size)
             if boxes.shape[0] > 0:
-                probs = self._mask_probs(feats, boxes, labels)
-                if feats_m is not None:
-                    probs_m = self._mask_probs(feats_m, hflip_boxes(boxes, w), labels)
-                    probs = 0.5 * (probs + tta.unflip_masks(probs_m))
+                probs = 0
+                for f, mirrored, s in views:
+                    p = self._mask_probs(f, self._boxes_in_view(boxes, mirrored, s, (h, w)), labels)
+                    probs = probs + (tta.unflip_masks(p) if mirrored else p)
+                probs = probs / len(views)
                 if cfg.mask_rescoring:
                     scores = scores * tta.maskness(probs, cfg.mask_threshold)
                     order = argsort_descending(scores)
@@ -349,6 +353,31 @@ class MaskRCNN(Module):
         finally:
             self.clear_caches()
         return dict(boxes=boxes, scores=scores, labels=labels, masks=masks)
+
+    def _view_image(self, images, mirrored, scale, where):
+        """A test-time view of ``images (1, 3, H, W)``: mirrored and/or enlarged by ``scale``,
+        padded to /32 (the mirror of the *unpadded* image, padded on the right like the image)."""
+        from .tta import resize_images  # noqa: PLC0415
+
+        view = images[:, :, :, ::-1] if mirrored else images
+        if scale != 1.0:
+            h, w = images.shape[2:]
+            view = resize_images(view, (round(h * scale), round(w * scale)))
+        return self._prepare_image(view, where)[0]
+
+    @staticmethod
+    def _boxes_in_view(boxes, mirrored, scale, image_size):
+        """``boxes (N, 4)`` of the image in the coordinates of the view :meth:`_view_image` makes."""
+        from ..boxes import hflip_boxes  # noqa: PLC0415
+
+        h, w = image_size
+        if mirrored:
+            boxes = hflip_boxes(boxes, w)
+        if scale != 1.0:      # the per-axis factors of the rounded view size
+            xp = get_array_module(boxes)
+            f = xp.asarray([round(w * scale) / w, round(h * scale) / h] * 2, dtype=boxes.dtype)
+            boxes = boxes * f
+        return boxes
 
     def _box_outputs(self, feats, proposals):
         """Box head on ``proposals (P, 4)``: ``(class_logits (P, K), box_deltas (P, 4K))``."""
