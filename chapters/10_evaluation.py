@@ -658,10 +658,11 @@ for mode, m in matrix_ablation.items():
           f"  {m['segm']['AP50']:9.3f}")
 
 # %% [markdown]
-# On the 200 validation images, with the other three refinements on: bbox AP 0.869 → 0.872, segm
-# AP 0.882 → 0.884 and segm AP50 0.969 → 0.976 with `all_classes` (README; before the enlarged view
-# 0.868 → 0.871 and 0.965 → 0.971). It was chosen on the tuning images of the next section (segm AP 0.8737 off, 0.8749 per class, 0.8761 across classes), with SOLOv2's sigma, 2.0,
-# untuned.
+# On the 200 validation images, with the other three refinements on: bbox AP 0.869 → 0.872,
+# segm AP 0.882 → 0.884 and segm AP50 0.969 → 0.976 with `all_classes` (README; before the
+# enlarged view 0.868 → 0.871 and 0.965 → 0.971). It was chosen on the tuning images of the next
+# section (segm AP 0.8737 off, 0.8749 per class, 0.8761 across classes, before the enlarged
+# view), with SOLOv2's sigma, 2.0, untuned.
 #
 # ### Tuning an inference setting without touching the test set
 #
