@@ -170,8 +170,11 @@ class MaskRCNNConfig:
             if not isinstance(getattr(self, n), bool):
                 raise TypeError(f"{where}: {n} must be true or false, got {getattr(self, n)!r}")
         scales = self.test_scales
-        if (not isinstance(scales, (tuple, list)) or not scales
-                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 8 for v in scales)):
+
+        def is_factor(v):
+            return not isinstance(v, bool) and isinstance(v, (int, float)) and 0 < v <= 8
+
+        if not isinstance(scales, (tuple, list)) or not scales or not all(map(is_factor, scales)):
             raise ValueError(f"{where}: test_scales must be a non-empty list of numbers in (0, 8], got "
                              f"{scales!r}")
         if 1.0 not in scales or len(set(scales)) != len(scales):
