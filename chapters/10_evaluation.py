@@ -564,15 +564,21 @@ for (flip, rescore), m in ablation.items():
 # views in all. Resizing is two matrix products per channel, `Ry @ image @ Rx.T`, each row of `Ry`
 # holding the two weights of linear interpolation between the pixel centres either side of the
 # output sample (at `(j + 0.5) · H / H2 − 0.5` in continuous coordinates: chapter 03's half-pixel
-# convention again, which makes a box edge at `x` land at `x · H2 / H`):
+# convention again, which makes a box edge at `x` land at `x · H2 / H`). These are the very
+# weights with which mini-masks crop and resize a mask to its box (`data.masks`), for the "box"
+# that is the whole image:
 
 # %%
-print(inspect.getsource(tta._interpolation_matrix))
-ry = tta._interpolation_matrix(4, 6, np, np.float64)
+from mrcnn_ref.data.masks import _pixel_to_grid_weights
+
+print(inspect.getsource(tta.resize_images))
+ry = _pixel_to_grid_weights(np.zeros(1), np.full(1, 4.0), 4, 6, np, np.float64)[0]
 print("4 pixels -> 6: rows are output samples, columns input pixels\n", ry.round(3))
 assert np.allclose(ry.sum(axis=1), 1.0)                       # weights of each sample sum to 1
 ramp = np.arange(4.0)                                         # a linear ramp stays linear inside
 assert np.allclose((ry @ ramp)[1:-1], ((np.arange(6) + 0.5) * 4 / 6 - 0.5)[1:-1])
+image = np.tile(ramp, (3, 4, 1))[None]                        # (1, 3, 4, 4): the ramp in every row
+assert np.allclose(tta.resize_images(image, (6, 6))[0, 0], np.tile(ry @ ramp, (6, 1)))
 
 # %%
 scale_ablation = {}

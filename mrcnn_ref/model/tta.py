@@ -105,30 +105,16 @@ def average_box_outputs(views):
     return xp.log(xp.maximum(probs, tiny)), deltas.reshape(p, 4 * k)
 
 
-def _interpolation_matrix(n_in, n_out, xp, dtype):
-    """``(n_out, n_in)`` weights of 1-D linear interpolation from ``n_in`` to ``n_out`` samples.
-
-    Output sample ``j`` sits at ``(j + 0.5) * n_in / n_out - 0.5`` in input pixel coordinates
-    (pixel centres at ``i``: the continuous-coordinate convention, where the image spans
-    ``[0, n_in]`` and a box edge at ``x`` in the input is at ``x * n_out / n_in`` in the output);
-    it takes ``1 - f`` of the pixel to its left and ``f`` of the one to its right, and positions
-    before the first or past the last centre take the edge pixel.
-    """
-    pos = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    pos = np.clip(pos, 0, n_in - 1)
-    left = np.minimum(np.floor(pos).astype(np.int64), max(n_in - 2, 0))
-    frac = pos - left
-    m = np.zeros((n_out, n_in))
-    rows = np.arange(n_out)
-    m[rows, left] += 1 - frac
-    m[rows, np.minimum(left + 1, n_in - 1)] += frac
-    return xp.asarray(m.astype(dtype))
-
-
 def resize_images(images, size):
     """Bilinear resize of ``images (N, C, H, W)`` to ``size = (H2, W2)`` (no anti-aliasing: for
-    enlarging). Separable: each channel becomes ``Ry @ image @ Rx.T`` with the 1-D interpolation
-    matrices of :func:`_interpolation_matrix`. Keeps the dtype and the array module."""
+    enlarging). Separable: each channel becomes ``Ry @ image @ Rx.T``, whose 1-D interpolation
+    matrices are those of mini-masks' crop-and-resize
+    (:func:`mrcnn_ref.data.masks._pixel_to_grid_weights`) for the "box" that is the whole image:
+    output sample ``j`` reads the input at ``(j + 0.5) * H / H2 - 0.5`` (half-pixel centres, so a
+    box edge at ``x`` lands at ``x * H2 / H``), clamped to the edge pixels. The weights are built in
+    float64 and cast to the images' dtype. Keeps the dtype and the array module."""
+    from ..data.masks import _pixel_to_grid_weights  # noqa: PLC0415
+
     where = "resize_images"
     check_array(images, "images", where, ndim=4, floating=True)
     if (not isinstance(size, (tuple, list)) or len(size) != 2
@@ -136,9 +122,12 @@ def resize_images(images, size):
         raise ValueError(f"{where}: size must be a pair of positive ints (H2, W2), got {size!r}")
     xp = get_array_module(images)
     _, _, h, w = images.shape
-    ry = _interpolation_matrix(h, int(size[0]), xp, images.dtype)
-    rx = _interpolation_matrix(w, int(size[1]), xp, images.dtype)
-    return xp.ascontiguousarray(xp.matmul(xp.matmul(ry, images), rx.T))
+
+    def weights(n_in, n_out):                         # (n_out, n_in)
+        return _pixel_to_grid_weights(xp.zeros(1), xp.full(1, float(n_in)), n_in, int(n_out), xp,
+                                      xp.float64)[0].astype(images.dtype)
+
+    return xp.ascontiguousarray(xp.matmul(xp.matmul(weights(h, size[0]), images), weights(w, size[1]).T))
 
 
 def unflip_masks(mask_probs_mirror):
