@@ -86,6 +86,7 @@ class MaskRCNNConfig:
     mask_threshold: float = 0.5
     test_flip: bool = False                   # average with the mirrored image (mrcnn_ref.model.tta)
     test_scales: tuple = (1.0,)               # ... and with the image enlarged by these factors (1.0: itself)
+    box_refine: bool = False                  # box head once more at the detections (tta)
     mask_rescoring: bool = False              # score *= mean kept mask probability (SOLOv2 "maskness")
     matrix_nms: str = "off"                   # off | per_class | all_classes: SOLOv2's mask-IoU score decay
     matrix_nms_sigma: float = 2.0             # its Gaussian kernel: decay = exp(-sigma * iou^2 ...)
@@ -166,7 +167,7 @@ class MaskRCNNConfig:
                              f"got {self.roi_sampling_ratio!r}")
         if not isinstance(self.backbone_overrides, dict):
             raise TypeError(f"{where}: backbone_overrides must be a dict, got {self.backbone_overrides!r}")
-        for n in ("test_flip", "mask_rescoring", "roi_aligned"):
+        for n in ("test_flip", "box_refine", "mask_rescoring", "roi_aligned"):
             if not isinstance(getattr(self, n), bool):
                 raise TypeError(f"{where}: {n} must be true or false, got {getattr(self, n)!r}")
         scales = self.test_scales
@@ -191,7 +192,7 @@ _FIELDS = {f.name: f for f in fields(MaskRCNNConfig)}
 #: --set KEY=VALUE`` may override on a trained model.
 INFERENCE_KEYS = ("rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "score_thresh", "nms_thresh",
                   "detections_per_img", "box_min_size", "mask_threshold", "test_flip", "test_scales",
-                  "mask_rescoring", "matrix_nms", "matrix_nms_sigma")
+                  "box_refine", "mask_rescoring", "matrix_nms", "matrix_nms_sigma")
 
 
 def with_inference_overrides(config: MaskRCNNConfig, settings) -> MaskRCNNConfig:
@@ -274,12 +275,15 @@ PRESETS: dict[str, dict] = {
     # Test-time views at 1.5x too (each with its mirror; same proposals): on the tuning images
     # segm AP 0.8761 -> 0.8962, AP50 0.9665 -> 0.9757, bbox AP 0.8658 -> 0.8746 (1.25x: 0.8907;
     # 2x: 0.8869; 1.25x and 1.5x: 0.8947), for ~2.2x the inference time.
+    # A second box-head pass on the detections (iterative box regression, `box_refine`): on the
+    # tuning images bbox AP 0.8746 -> 0.8951, segm AP 0.8962 -> 0.9033, AP50 0.9757 -> 0.9743
+    # (two passes: 0.8925 / 0.9010; averaging the two passes' scores: 0.8955 / 0.9036), ~+5 % time.
     "shapes": dict(name="shapes", anchor_sizes=(16, 32, 64, 128, 256),
                    anchor_scales=(1.0, 1.26, 1.587),                 # ~2^(0, 1/3, 2/3)
                    rpn_pre_nms_top_n_train=500, rpn_post_nms_top_n_train=256,
                    box_batch_size_per_image=64, roi_aligned=True,
-                   test_flip=True, test_scales=(1.0, 1.5), mask_rescoring=True, nms_thresh=0.7,
-                   matrix_nms="all_classes"),
+                   test_flip=True, test_scales=(1.0, 1.5), box_refine=True, mask_rescoring=True,
+                   nms_thresh=0.7, matrix_nms="all_classes"),
     "tiny": dict(
         name="tiny", num_classes=3, image_size=64,
         backbone_overrides=dict(stem_channels=8, widths=(8, 8, 16, 16), fpn_channels=16, gn_groups=4),

@@ -323,14 +323,14 @@ class MaskRCNN(Module):
                     if s != 1.0 or mirrored:
                         views.append((self.backbone(self._view_image(images, mirrored, s, where)),
                                       mirrored, s))
-            class_logits, box_deltas = tta.average_box_outputs(
-                [(*self._box_outputs(f, self._boxes_in_view(proposals, mirrored, s, (h, w))), mirrored)
-                 for f, mirrored, s in views])
+            class_logits, box_deltas = self._box_outputs_in_views(views, proposals, (h, w))
             boxes, scores, labels = postprocess_detections(
                 class_logits, box_deltas, proposals, (h, w),
                 score_thresh=cfg.score_thresh if score_thresh is None else score_thresh,
                 nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img,
                 box_weights=cfg.box_weights, min_size=cfg.box_min_size)
+            if boxes.shape[0] > 0 and cfg.box_refine:
+                boxes = self._refine_boxes(views, boxes, labels, (h, w))
             if boxes.shape[0] > 0:
                 probs = 0
                 for f, mirrored, s in views:
@@ -378,6 +378,28 @@ class MaskRCNN(Module):
             f = xp.asarray([round(w * scale) / w, round(h * scale) / h] * 2, dtype=boxes.dtype)
             boxes = boxes * f
         return boxes
+
+    def _refine_boxes(self, views, boxes, labels, image_size):
+        """Iterative box regression (Gidaris & Komodakis 2015; Cascade R-CNN's "iterative BBox"):
+        the box head once more, now on the detections ``boxes (D, 4)`` themselves, averaged over
+        the test-time ``views``; each box moves by its own class's deltas. The scores stay those
+        of the first pass (averaging in the second pass's class probability changed nothing)."""
+        from ..boxes import clip_boxes, decode_boxes  # noqa: PLC0415
+
+        xp = get_array_module(boxes)
+        _, deltas = self._box_outputs_in_views(views, boxes, image_size)
+        own = deltas.reshape(boxes.shape[0], -1, 4)[xp.arange(boxes.shape[0]), labels]   # (D, 4)
+        refined = decode_boxes(own, boxes, weights=self.config.box_weights)
+        return clip_boxes(refined, (float(image_size[0]), float(image_size[1]))).astype(boxes.dtype)
+
+    def _box_outputs_in_views(self, views, boxes, image_size):
+        """The box head on ``boxes (P, 4)`` of the image in every view ``(features, mirrored,
+        scale)``, averaged (:func:`~mrcnn_ref.model.tta.average_box_outputs`)."""
+        from . import tta  # noqa: PLC0415
+
+        return tta.average_box_outputs(
+            [(*self._box_outputs(f, self._boxes_in_view(boxes, mirrored, s, image_size)), mirrored)
+             for f, mirrored, s in views])
 
     def _box_outputs(self, feats, proposals):
         """Box head on ``proposals (P, 4)``: ``(class_logits (P, K), box_deltas (P, 4K))``."""
