@@ -45,7 +45,8 @@ def draw_detections(image, boxes, labels=None, scores=None, masks=None, class_na
         _, ax = plt.subplots(figsize=(5, 5))
     shown = overlay_masks(image, masks) if masks is not None and len(masks) else (
         np.asarray(asnumpy(image)) / (255.0 if np.asarray(asnumpy(image)).max() > 1 else 1.0))
-    ax.imshow(shown)
+    # extent: pixel i spans [i, i + 1], so boxes in continuous coordinates land on their edges
+    ax.imshow(shown, extent=(0, shown.shape[1], shown.shape[0], 0))
     for i in range(n):
         x1, y1, x2, y2 = boxes[i]
         color = PALETTE[i % len(PALETTE)]
