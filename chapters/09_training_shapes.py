@@ -161,8 +161,9 @@ print(tcfg)
 # After that the lr follows half a **cosine** down to 0 at the last iteration: large steps early to
 # make progress, small steps late to settle in a minimum. (The paper divides the lr by 10 at fixed
 # iterations instead — the `"step"` schedule, also available.) The shapes preset warms up over
-# 1,000 of its 8,500 steps: with the usual 100, its lr of 0.02 left the box head stuck — classifier
-# and box-regression losses flat near 0.9 — for ~1,800 steps, and the finished model was worse.
+# 1,000 of its 6,000 steps: with the usual 100 (in an 8,500-step run), its lr of 0.02 left the
+# box head stuck — classifier and box-regression losses flat near 0.9 — for ~1,800 steps, and the
+# finished model was worse.
 
 # %%
 print(inspect.getsource(_schedule))

@@ -131,17 +131,18 @@ RUN_PRESETS: dict[str, dict] = {
     # Measured on this project's 2-core CPU (README "Training status"). Mask AP grows with the
     # number of images seen (1 image/step: 0.61 after 3,000 steps, 0.71 after 5,000, 0.77 after
     # 9,000), so the recipe maximises images per second: two processes (workers), one image each
-    # per step. 9,000 such steps took 15 min 17 s on a slow day (AMD machine), so the preset
-    # stops at 8,500 to stay within the 15-minute budget; on the slower Intel machine of the
-    # 2026-12-01 sessions 8,500 steps take 17-21 min, but stopping at 7,000 there gave bbox / segm
-    # AP 0.839 / 0.841 (with flip TTA and rescoring), below the 0.85 targets. lr: with 2 images
-    # per step, 8,500 steps, 0.02 gave segm AP
-    # 0.827 / bbox 0.822 and 0.01 gave 0.816 / 0.819 (one image per step: 0.005 and 0.01 equal
-    # after 3,000 steps, 0.02 trained badly, 0.0025 slower). With the usual 100-step warm-up, lr
-    # 0.02 left the box head stuck (classifier and box losses flat near 0.9) for ~1,800 steps; a
-    # 1,000-step warm-up removed that plateau: segm AP 0.842 / bbox 0.832.
+    # per step. Steps: 9,000 took 15 min 17 s on a slow day of the AMD machine of the first
+    # sessions; on the Intel machine of the 2026-12 sessions 8,500 took 17-21 min. Since
+    # 2026-12-02 (fourth session) the preset stops at 6,000: with the second box-regression pass
+    # at inference (`box_refine`) two seeds gave val bbox AP 0.870 / 0.870 and segm AP 0.861 /
+    # 0.874 in 13:29 / 13:46 there (8,500 steps: bbox 0.896, segm 0.894, segm AP50 0.972 against
+    # 0.963). lr: with 2 images per step, 8,500 steps, 0.02 gave segm AP 0.827 / bbox 0.822 and
+    # 0.01 gave 0.816 / 0.819 (one image per step: 0.005 and 0.01 equal after 3,000 steps, 0.02
+    # trained badly, 0.0025 slower). With the usual 100-step warm-up, lr 0.02 left the box head
+    # stuck (classifier and box losses flat near 0.9) for ~1,800 steps; a 1,000-step warm-up
+    # removed that plateau: segm AP 0.842 / bbox 0.832.
     "shapes": {"model": {"preset": "shapes"},
-               "train": {"base_lr": 0.02, "images_per_batch": 2, "workers": 2, "iterations": 8500,
+               "train": {"base_lr": 0.02, "images_per_batch": 2, "workers": 2, "iterations": 6000,
                          "warmup_iters": 1000, "checkpoint_every": 1000}},
     "tiny": {"model": {"preset": "tiny", "num_classes": 4},
              "train": {"num_train_images": 16, "image_size": 64, "iterations": 20,
