@@ -296,9 +296,11 @@ class MaskRCNN(Module):
         int64 in 1..K-1, ``masks`` (D, H, W) bool (the class's mask probability >= 0.5, pasted
         into the image), sorted by decreasing score. With ``config.test_flip`` the box and mask
         heads' outputs are averaged with those of the mirrored image (and with
-        ``config.test_scales`` with those of enlarged copies, and their mirrors), and with
-        ``config.mask_rescoring`` each score is multiplied by its mask's maskness, and with
-        ``config.matrix_nms`` by its Matrix NMS decay (:mod:`mrcnn_ref.model.tta`).
+        ``config.test_scales`` with those of enlarged copies, and their mirrors), with
+        ``config.box_refine`` each detection's box moves by a second box-head pass at the box
+        itself (:meth:`_refine_boxes`), with ``config.mask_rescoring`` each score is multiplied by
+        its mask's maskness, and with ``config.matrix_nms`` by its Matrix NMS decay
+        (:mod:`mrcnn_ref.model.tta`).
         """
         from ..data.masks import paste_masks_in_image  # noqa: PLC0415
         from . import tta  # noqa: PLC0415

@@ -1,9 +1,9 @@
-"""Inference-only refinements: flip and multi-scale test-time augmentation, mask rescoring and
-Matrix NMS.
+"""Inference-only refinements: flip and multi-scale test-time augmentation (with a second
+box-regression pass), mask rescoring and Matrix NMS.
 
 None changes training or the weights; each is switched on by a config field (``test_flip``,
-``test_scales``, ``mask_rescoring``, ``matrix_nms``; off by default, on in the ``shapes`` preset)
-and used by :meth:`mrcnn_ref.model.mask_rcnn.MaskRCNN.predict`.
+``test_scales``, ``box_refine``, ``mask_rescoring``, ``matrix_nms``; off by default, on in the
+``shapes`` preset) and used by :meth:`mrcnn_ref.model.mask_rcnn.MaskRCNN.predict`.
 
 **Test-time augmentation.** The network is run again on other *views* of the image — its mirror
 (``x' = w - x``; the model was trained with random horizontal flips, so it knows that view too),
@@ -16,6 +16,10 @@ mirrors. The proposals come from the image itself; the *same* proposals, carried
   ``tx`` to the right in the mirror is a shift to the left here, so ``tx -> -tx``; ``ty``, ``tw``,
   ``th`` do not change. An enlarged view needs no correction (the deltas are relative to the
   proposal, which is enlarged with the image).
+
+With ``box_refine`` the box head runs once more, in every view, on the detections themselves
+(after the per-class NMS), and each box moves by the averaged deltas of its own class: iterative
+box regression (Gidaris & Komodakis 2015), in :meth:`~mrcnn_ref.model.mask_rcnn.MaskRCNN.predict`.
 
 Then the final boxes go through the mask head in every view and the ``M x M`` mask
 probabilities are averaged (a mirror's mask flipped back along its columns; a scaled view's mask
