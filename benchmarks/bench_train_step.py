@@ -98,6 +98,10 @@ class _Version:
         self.model, rc, _ = self.train.load_model(_for_package(pkg, checkpoint))
         ds = self.train.build_dataset(rc.train, "train", n_images)
         self.samples = [ds[i] for i in range(n_images)]
+        # as training calls it: without the image gradient, where the revision knows the option
+        import inspect  # noqa: PLC0415
+        self.backward_kw = ({"image_grad": False}
+                            if "image_grad" in inspect.signature(self.model.backward).parameters else {})
 
     def step(self, i):
         import numpy as np  # noqa: PLC0415
@@ -107,7 +111,7 @@ class _Version:
         x = self.transforms.to_model_input(s)[None]
         _, total = self.model.forward_train(x, self.train._sample_targets(s, np),
                                             rng=np.random.default_rng(i))
-        self.model.backward()
+        self.model.backward(**self.backward_kw)
         return total
 
 

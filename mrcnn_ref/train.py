@@ -374,7 +374,7 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
             out.append((losses, total))
             if not math.isfinite(total):
                 break
-            model.backward()
+            model.backward(image_grad=False)
         return out
 
     def diverged(what, it):

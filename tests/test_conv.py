@@ -205,6 +205,28 @@ def test_cached_and_rebuilt_columns_give_the_same_gradients(case):
             np.testing.assert_array_equal(a, c)
 
 
+def _check_need_dx(case, forward, backward, transpose):
+    x, w, b = _arrays(case, transpose=transpose)
+    out, cache = forward(x, w, b, case["s"], case["p"], *([case["op"]] if transpose else []))
+    dout = np.random.default_rng(case["seed"] + 1).standard_normal(out.shape)
+    dx, dw, db = backward(dout, cache)
+    none, dw2, db2 = backward(dout, cache, need_dx=False)
+    assert dx is not None and dx.shape == x.shape and none is None
+    np.testing.assert_array_equal(dw2, dw)
+    assert (db is None and db2 is None) or np.array_equal(db2, db)
+
+
+@given(conv_cases())
+def test_conv2d_need_dx_false_skips_only_dx(case):
+    """``need_dx=False`` returns None for dx and exactly the same dw and db."""
+    _check_need_dx(case, conv2d_forward, conv2d_backward, transpose=False)
+
+
+@given(conv_cases(transpose=True))
+def test_conv_transpose2d_need_dx_false_skips_only_dx(case):
+    _check_need_dx(case, conv_transpose2d_forward, conv_transpose2d_backward, transpose=True)
+
+
 @pytest.mark.parametrize("method", ["transposed", "col2im"])
 def test_each_dx_method_gradchecks(method, monkeypatch):
     monkeypatch.setattr(conv_module, "DX_METHOD", method)

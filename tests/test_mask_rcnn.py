@@ -158,6 +158,24 @@ def test_image_without_instances_trains_and_predicts():
     assert out["masks"].shape[1:] == (64, 64) and out["boxes"].shape == (out["scores"].size, 4)
 
 
+def test_backward_without_the_image_gradient():
+    """``backward(image_grad=False)`` (what training calls) returns None and accumulates exactly
+    the parameter gradients of the full backward."""
+    img = np.random.default_rng(3).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    grads = []
+    for image_grad in (True, False):
+        m = MaskRCNN("tiny", rng=0)
+        m.zero_grad()
+        m.forward_train(img, _rect_targets(), rng=np.random.default_rng(5))
+        d = m.backward(image_grad=image_grad)
+        assert (d is not None and d.shape == img.shape) if image_grad else d is None
+        grads.append({k: v.copy() for k, v in m.named_grads().items()})
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        np.testing.assert_array_equal(grads[1][k], grads[0][k], err_msg=k)
+    assert np.any(grads[1]["backbone.body.stem.0.weight"] != 0)
+
+
 def test_unpadded_size_and_options():
     """Sizes not divisible by 32 are padded; RoI op and mask loss are selectable."""
     tg = _rect_targets(60, 70)

@@ -127,7 +127,9 @@ class ResNet(Module):
         self._push([(f.shape, f.dtype) for f in feats])
         return feats
 
-    def backward(self, grads):
+    def backward(self, grads, need_dx=True):
+        """``grads [dC2..dC5]`` (None: zeros) -> ``d_images``; None with ``need_dx=False``, which
+        skips the stem convolution's input gradient."""
         if len(grads) != 4:
             raise ValueError(f"{self.describe()}: backward expects 4 gradients [dC2..dC5], got {len(grads)}")
         meta = self._pop()
@@ -138,7 +140,9 @@ class ResNet(Module):
                 g = xp.zeros(shape, dtype)
             d = g if d is None else d + g  # C_l feeds both the output list and the next stage
             d = stage.backward(d)
-        return self.stem.backward(d)
+        for layer in reversed(self.stem.layers[1:]):
+            d = layer.backward(d)
+        return self.stem[0].backward(d, need_dx=need_dx)
 
 
 class ResNetFPN(Module):
@@ -167,8 +171,8 @@ class ResNetFPN(Module):
     def forward(self, images):
         return self.fpn(self.body(images))
 
-    def backward(self, grads):
-        return self.body.backward(self.fpn.backward(grads))
+    def backward(self, grads, need_dx=True):
+        return self.body.backward(self.fpn.backward(grads), need_dx=need_dx)
 
 
 def resnet_fpn_tiny(rng=None, dtype=np.float32, **overrides) -> ResNetFPN:

@@ -115,8 +115,10 @@ class _ConvLayer(_Layer):
             s += f", p={_fmt_pair(self.padding)}"
         return s
 
-    def backward(self, dout):
-        dx, dw, db = type(self)._backward_op(dout, self._pop())
+    def backward(self, dout, need_dx=True):
+        """Accumulates the parameter gradients, returns ``dx`` — or None with ``need_dx=False``
+        (the op then skips computing it: for a first layer, whose input is the image)."""
+        dx, dw, db = type(self)._backward_op(dout, self._pop(), need_dx=need_dx)
         self._accumulate("weight", dw)
         if "bias" in self.params:
             self._accumulate("bias", db)

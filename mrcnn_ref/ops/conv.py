@@ -295,10 +295,12 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     return out, cache
 
 
-def conv2d_backward(dout, cache):
+def conv2d_backward(dout, cache, need_dx=True):
     """Gradients of :func:`conv2d_forward`.
 
     dout : (N, Cout, Ho, Wo). Returns ``(dx (N, Cin, H, W), dw (Cout, Cin, kh, kw), db (Cout,) or None)``.
+    ``need_dx=False`` skips ``dx`` (returned as None) where nothing needs it — the first layer's
+    input is the image — which saves the backward's second matrix product.
     """
     (kind, kept), in_hw, w, stride, padding, has_bias = cache
     cout, cin, kh, kw = w.shape
@@ -306,7 +308,7 @@ def conv2d_backward(dout, cache):
     dw = _weight_grad(dout, cols, kh, kw, cin)
     del cols                                             # a rebuilt one is freed before dx builds its own
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
-    dx = _input_grad(dout, w, in_hw, stride, padding)
+    dx = _input_grad(dout, w, in_hw, stride, padding) if need_dx else None
     return dx, dw, db
 
 
@@ -357,16 +359,20 @@ def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0
     return out, cache
 
 
-def conv_transpose2d_backward(dout, cache):
+def conv_transpose2d_backward(dout, cache, need_dx=True):
     """Gradients of :func:`conv_transpose2d_forward`.
 
     dout : (N, Cout, Hout, Wout). Returns ``(dx (N, Cin, H, W), dw (Cin, Cout, kh, kw), db or None)``:
-    ``dx`` is the ordinary convolution of ``dout`` with ``w`` (same stride/padding).
+    ``dx`` is the ordinary convolution of ``dout`` with ``w`` (same stride/padding); None with
+    ``need_dx=False`` (as :func:`conv2d_backward`).
     """
     x, w, (sh, sw), (ph, pw), has_bias = cache
     cin, cout, kh, kw = w.shape
     dpad = _pad_crop(dout, ph, ph, pw, pw) if (ph or pw) else dout
-    dx, cols = _correlate(dpad, w.reshape(cin, cout * kh * kw), kh, kw, sh, sw)
+    if need_dx:
+        dx, cols = _correlate(dpad, w.reshape(cin, cout * kh * kw), kh, kw, sh, sw)
+    else:
+        dx, cols = None, im2col(dpad, kh, kw, sh, sw)[0]
     dw = _weight_grad(x, cols, kh, kw, cout)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw, db
