@@ -530,18 +530,27 @@ print(inspect.getsource(tta.maskness))
 
 # %%
 base_cfg = model.config
-ablation = {}
-for flip in (False, True):
-    for rescore in (False, True):
-        model.config = with_inference_overrides(base_cfg, {"test_flip": flip, "mask_rescoring": rescore,
-                                                           "test_scales": [1.0], "matrix_nms": "off"})
-        m = evaluate_model(model, val, tempfile.mkdtemp(), progress=False, log=lambda *a: None)
-        ablation[(flip, rescore)] = m
-model.config = base_cfg
-print(f"{N_MODEL} val images        bbox AP  segm AP  segm AP50")
-for (flip, rescore), m in ablation.items():
-    print(f"flip {flip!s:5}  rescore {rescore!s:5}  {m['bbox']['AP']:7.3f}  {m['segm']['AP']:7.3f}"
-          f"  {m['segm']['AP50']:9.3f}   ({m['seconds_per_image']:.2f} s/image)")
+
+
+def ablation_table(title, variants):
+    """Evaluate the model on ``val`` with each ``{name: inference overrides}`` of ``variants``
+    (on top of its own settings); print one row per variant and return the metrics by name."""
+    results = {}
+    for name, settings in variants.items():
+        model.config = with_inference_overrides(base_cfg, settings)
+        results[name] = evaluate_model(model, val, tempfile.mkdtemp(), progress=False, log=lambda *a: None)
+    model.config = base_cfg
+    print(f"{N_MODEL} val images, {title:34s}  bbox AP  segm AP  segm AP50")
+    for name, m in results.items():
+        print(f"{name:48s} {m['bbox']['AP']:7.3f}  {m['segm']['AP']:7.3f}  {m['segm']['AP50']:9.3f}"
+              f"   ({m['seconds_per_image']:.2f} s/image)")
+    return results
+
+
+ablation = ablation_table("one view, Matrix NMS off", {
+    f"flip {flip!s:5}  rescore {rescore!s:5}": {"test_flip": flip, "mask_rescoring": rescore,
+                                                "test_scales": [1.0], "matrix_nms": "off"}
+    for flip in (False, True) for rescore in (False, True)})
 
 # %% [markdown]
 # On the 200 validation images of `mrcnn-ref evaluate` (the enlarged view and Matrix NMS, below,
@@ -580,16 +589,8 @@ image = np.tile(ramp, (3, 4, 1))[None]                        # (1, 3, 4, 4): th
 assert np.allclose(tta.resize_images(image, (6, 6))[0, 0], np.tile(ry @ ramp, (6, 1)))
 
 # %%
-scale_ablation = {}
-for scales in ([1.0], [1.0, 1.5]):
-    model.config = with_inference_overrides(base_cfg, {"test_scales": scales, "matrix_nms": "off"})
-    scale_ablation[tuple(scales)] = evaluate_model(model, val, tempfile.mkdtemp(), progress=False,
-                                                   log=lambda *a: None)
-model.config = base_cfg
-print(f"{N_MODEL} val images, flip TTA and rescoring on   bbox AP  segm AP  segm AP50")
-for scales, m in scale_ablation.items():
-    print(f"test_scales {str(list(scales)):12}                {m['bbox']['AP']:7.3f}  {m['segm']['AP']:7.3f}"
-          f"  {m['segm']['AP50']:9.3f}   ({m['seconds_per_image']:.2f} s/image)")
+scale_ablation = ablation_table("flip and rescoring on, Matrix NMS off", {
+    f"test_scales {scales}": {"test_scales": scales, "matrix_nms": "off"} for scales in ([1.0], [1.0, 1.5])})
 
 # %% [markdown]
 # On the 200 validation images (as here: flip and rescoring on, Matrix NMS off) the enlarged view
@@ -653,15 +654,8 @@ else:
     plt.show()
 
 # %%
-matrix_ablation = {}
-for mode in ("off", "per_class", "all_classes"):
-    model.config = with_inference_overrides(base_cfg, {"matrix_nms": mode})
-    matrix_ablation[mode] = evaluate_model(model, val, tempfile.mkdtemp(), progress=False, log=lambda *a: None)
-model.config = base_cfg
-print(f"{N_MODEL} val images, the other refinements on   bbox AP  segm AP  segm AP50")
-for mode, m in matrix_ablation.items():
-    print(f"matrix_nms {mode:12}                  {m['bbox']['AP']:7.3f}  {m['segm']['AP']:7.3f}"
-          f"  {m['segm']['AP50']:9.3f}")
+matrix_ablation = ablation_table("the other refinements on", {
+    f"matrix_nms {mode}": {"matrix_nms": mode} for mode in ("off", "per_class", "all_classes")})
 
 # %% [markdown]
 # On the 200 validation images, with the other refinements on, the bundled model's segm AP is
@@ -714,16 +708,8 @@ for j in range(len(refine_dets[False]["scores"])):
           f" IoU with the nearest ground-truth box {iou[0]:.3f} -> {iou[1]:.3f}")
 
 # %%
-refine_ablation = {}
-for refine in (False, True):
-    model.config = with_inference_overrides(base_cfg, {"box_refine": refine})
-    refine_ablation[refine] = evaluate_model(model, val, tempfile.mkdtemp(), progress=False,
-                                             log=lambda *a: None)
-model.config = base_cfg
-print(f"{N_MODEL} val images, the other refinements on   bbox AP  segm AP  segm AP50")
-for refine, m in refine_ablation.items():
-    print(f"box_refine {refine!s:5}                         {m['bbox']['AP']:7.3f}  {m['segm']['AP']:7.3f}"
-          f"  {m['segm']['AP50']:9.3f}   ({m['seconds_per_image']:.2f} s/image)")
+refine_ablation = ablation_table("the other refinements on", {
+    f"box_refine {refine}": {"box_refine": refine} for refine in (False, True)})
 
 # %% [markdown]
 # On the tuning images (next section) it took the 8,500-step model's bbox AP from 0.875 to 0.895
