@@ -22,6 +22,7 @@ first calls ``mrcnn_ref.memory.retain_freed_memory`` (freed temporaries are reus
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import subprocess
 import sys
@@ -99,7 +100,6 @@ class _Version:
         ds = self.train.build_dataset(rc.train, "train", n_images)
         self.samples = [ds[i] for i in range(n_images)]
         # as training calls it: without the image gradient, where the revision knows the option
-        import inspect  # noqa: PLC0415
         self.backward_kw = ({"image_grad": False}
                             if "image_grad" in inspect.signature(self.model.backward).parameters else {})
 

@@ -136,11 +136,11 @@ RUN_PRESETS: dict[str, dict] = {
     # 2026-12-02 (fourth session) the preset stops at 6,000: with the second box-regression pass
     # at inference (`box_refine`) three seeds gave val bbox AP 0.870 / 0.870 / 0.869 and segm AP
     # 0.861 / 0.874 / 0.867 in 13:29 / 13:46 / 13:59 there, 14:54 in a slower hour (8,500 steps:
-    # bbox 0.896, segm 0.894, segm AP50 0.972 against 0.963). lr: with 2 images per step, 8,500 steps, 0.02 gave segm AP 0.827 / bbox 0.822 and
-    # 0.01 gave 0.816 / 0.819 (one image per step: 0.005 and 0.01 equal after 3,000 steps, 0.02
-    # trained badly, 0.0025 slower). With the usual 100-step warm-up, lr 0.02 left the box head
-    # stuck (classifier and box losses flat near 0.9) for ~1,800 steps; a 1,000-step warm-up
-    # removed that plateau: segm AP 0.842 / bbox 0.832.
+    # bbox 0.896, segm 0.894, segm AP50 0.972 against 0.963). lr: with 2 images per step, 8,500
+    # steps, 0.02 gave segm AP 0.827 / bbox 0.822 and 0.01 gave 0.816 / 0.819 (one image per step:
+    # 0.005 and 0.01 equal after 3,000 steps, 0.02 trained badly, 0.0025 slower). With the usual
+    # 100-step warm-up, lr 0.02 left the box head stuck (classifier and box losses flat near 0.9)
+    # for ~1,800 steps; a 1,000-step warm-up removed that plateau: segm AP 0.842 / bbox 0.832.
     "shapes": {"model": {"preset": "shapes"},
                "train": {"base_lr": 0.02, "images_per_batch": 2, "workers": 2, "iterations": 6000,
                          "warmup_iters": 1000, "checkpoint_every": 1000}},

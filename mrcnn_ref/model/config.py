@@ -86,7 +86,7 @@ class MaskRCNNConfig:
     mask_threshold: float = 0.5
     test_flip: bool = False                   # average with the mirrored image (mrcnn_ref.model.tta)
     test_scales: tuple = (1.0,)               # ... and with the image enlarged by these factors (1.0: itself)
-    box_refine: bool = False                  # box head once more at the detections (tta)
+    box_refine: bool = False                  # box head once more at the detections (predict)
     mask_rescoring: bool = False              # score *= mean kept mask probability (SOLOv2 "maskness")
     matrix_nms: str = "off"                   # off | per_class | all_classes: SOLOv2's mask-IoU score decay
     matrix_nms_sigma: float = 2.0             # its Gaussian kernel: decay = exp(-sigma * iou^2 ...)
@@ -277,7 +277,8 @@ PRESETS: dict[str, dict] = {
     # 2x: 0.8869; 1.25x and 1.5x: 0.8947), for ~2.2x the inference time.
     # A second box-head pass on the detections (iterative box regression, `box_refine`): on the
     # tuning images bbox AP 0.8746 -> 0.8951, segm AP 0.8962 -> 0.9033, AP50 0.9757 -> 0.9743
-    # (two passes: 0.8925 / 0.9010; averaging the two passes' scores: 0.8955 / 0.9036), ~+5 % time.
+    # (two passes: 0.8925 / 0.9010; averaging the two passes' scores: 0.8955 / 0.9036), for ~2 %
+    # more inference time.
     "shapes": dict(name="shapes", anchor_sizes=(16, 32, 64, 128, 256),
                    anchor_scales=(1.0, 1.26, 1.587),                 # ~2^(0, 1/3, 2/3)
                    rpn_pre_nms_top_n_train=500, rpn_post_nms_top_n_train=256,

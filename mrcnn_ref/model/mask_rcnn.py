@@ -256,7 +256,7 @@ class MaskRCNN(Module):
 
         Call after :meth:`forward_train`; returns the gradient w.r.t. the (unpadded) image, or
         None with ``image_grad=False`` (training needs only the parameters' gradients; the stem
-        convolution then skips its input gradient, ~1 % of a shapes step).
+        convolution then skips its input gradient, ~2 % of a shapes step).
         """
         c = self._train_cache
         if c is None:
