@@ -29,7 +29,7 @@ from ._io import write_json
 from .backend import get_backend
 from .model.config import INFERENCE_KEYS, MaskRCNNConfig, load_config, with_inference_overrides
 from .nn.checkpoint import load_checkpoint, save_checkpoint
-from .nn.optim import SGD, WarmupCosineLR, WarmupMultiStepLR, clip_grad_norm, global_grad_norm
+from .nn.optim import SGD, AdamW, WarmupCosineLR, WarmupMultiStepLR, clip_grad_norm, global_grad_norm
 from .parallel import GradientWorkers, can_fork, share_parameters
 
 __all__ = ["TrainConfig", "RunConfig", "TrainingDiverged", "load_run_config", "build_dataset",
@@ -55,9 +55,12 @@ class TrainConfig:
     iterations: int = 3000
     images_per_batch: int = 1          # gradients are averaged over this many images per step
     workers: int = 1                   # processes computing a step's images in parallel (Linux; <= images_per_batch)
+    optimizer: str = "sgd"             # "sgd" (momentum; the paper) or "adamw"
     base_lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    momentum: float = 0.9              # sgd
+    weight_decay: float = 1e-4         # sgd: L2 term in the gradient; adamw: decoupled, per unit of lr
+    adam_betas: tuple = (0.9, 0.999)   # adamw
+    adam_eps: float = 1e-8             # adamw
     lr_schedule: str = "cosine"        # "cosine" or "step"
     lr_steps: tuple = (0.75, 0.9)      # step schedule: fractions of `iterations`
     gamma: float = 0.1
@@ -86,6 +89,15 @@ class TrainConfig:
                 raise ValueError(f"{where}: {name} must be a finite number >= 0, got {v!r}")
         if self.base_lr <= 0:
             raise ValueError(f"{where}: base_lr must be > 0, got {self.base_lr}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"{where}: optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if (not isinstance(self.adam_betas, tuple) or len(self.adam_betas) != 2
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                           for b in self.adam_betas)):
+            raise ValueError(f"{where}: adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
+        if (isinstance(self.adam_eps, bool) or not isinstance(self.adam_eps, (int, float))
+                or not math.isfinite(self.adam_eps) or self.adam_eps <= 0):
+            raise ValueError(f"{where}: adam_eps must be a finite number > 0, got {self.adam_eps!r}")
         if self.lr_schedule not in ("cosine", "step"):
             raise ValueError(f"{where}: lr_schedule must be 'cosine' or 'step', got {self.lr_schedule!r}")
         if any(not 0 < s < 1 for s in self.lr_steps) or list(self.lr_steps) != sorted(self.lr_steps):
@@ -323,8 +335,12 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
             n_proc = 1
         else:
             share_parameters(model)    # the forked workers read the weights the optimizer updates
-    optim = SGD(model.named_parameters(), lr=tcfg.base_lr, momentum=tcfg.momentum,
-                weight_decay=tcfg.weight_decay)
+    if tcfg.optimizer == "adamw":
+        optim = AdamW(model.named_parameters(), lr=tcfg.base_lr, betas=tcfg.adam_betas,
+                      eps=tcfg.adam_eps, weight_decay=tcfg.weight_decay)
+    else:
+        optim = SGD(model.named_parameters(), lr=tcfg.base_lr, momentum=tcfg.momentum,
+                    weight_decay=tcfg.weight_decay)
     schedule = _schedule(tcfg)
     history = {k: [] for k in (*LOSS_KEYS, "total", "lr", "seconds")}
     start = 0

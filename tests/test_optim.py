@@ -1,11 +1,11 @@
-"""SGD (momentum, weight decay, nesterov), schedules and gradient clipping."""
+"""SGD (momentum, weight decay, nesterov), AdamW, schedules and gradient clipping."""
 import math
 
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from mrcnn_ref.nn.optim import (SGD, WarmupCosineLR, WarmupMultiStepLR, clip_grad_norm, default_no_decay,
+from mrcnn_ref.nn.optim import (SGD, AdamW, WarmupCosineLR, WarmupMultiStepLR, clip_grad_norm, default_no_decay,
                                 global_grad_norm)
 
 
@@ -183,3 +183,116 @@ def test_global_grad_norm_matches_float64_and_flags_non_finite(seed, scale):
     assert global_grad_norm(grads) == pytest.approx(ref, rel=1e-5)
     grads["b"][int(rng.integers(300))] = rng.choice([np.inf, -np.inf, np.nan])
     assert not np.isfinite(global_grad_norm(grads))
+
+
+# ---------------------------------------------------------------------------------------- AdamW
+def test_adamw_hand_computed():
+    p = {"w": np.array([[1.0, -2.0]]), "b": np.array([3.0])}
+    opt = AdamW(p, lr=0.1, betas=(0.5, 0.75), eps=1e-8, weight_decay=0.2)
+    g1 = {"w": np.array([[0.5, -4.0]]), "b": np.array([1.0])}
+    opt.step(g1)
+    # step 1: m/(1-b1) = g and sqrt(v/(1-b2)) = |g|, so the move is lr * sign(g) (up to eps);
+    # the weight (not the bias) first shrinks by lr * wd = 0.02 of itself
+    g = np.array([0.5, -4.0])
+    np.testing.assert_allclose(p["w"], [np.array([1.0, -2.0]) * (1 - 0.02) - 0.1 * np.sign(g)],
+                               rtol=0, atol=1e-8)
+    w1 = np.array([1.0, -2.0]) * (1 - 0.02) - 0.1 * g / (np.abs(g) + 1e-8)     # exactly, with eps
+    np.testing.assert_allclose(p["w"], [w1], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(p["b"], [3.0 - 0.1], rtol=0, atol=1e-8)
+    g2 = {"w": np.array([[1.0, 2.0]]), "b": np.array([-1.0])}
+    opt.step(g2)
+    m = 0.5 * 0.5 * np.array([0.5, -4.0]) + 0.5 * np.array([1.0, 2.0])
+    v = 0.75 * 0.25 * np.array([0.25, 16.0]) + 0.25 * np.array([1.0, 4.0])
+    w2 = w1 * (1 - 0.02) - 0.1 * (m / (1 - 0.25)) / (np.sqrt(v / (1 - 0.75 ** 2)) + 1e-8)
+    np.testing.assert_allclose(p["w"], [w2], rtol=0, atol=1e-12)
+    mb, vb = 0.25 * 1.0 + 0.5 * -1.0, 0.75 * 0.25 + 0.25 * 1.0
+    b1 = 3.0 - 0.1 * 1.0 / (1.0 + 1e-8)
+    np.testing.assert_allclose(p["b"], [b1 - 0.1 * (mb / 0.75) / (np.sqrt(vb / (1 - 0.5625)) + 1e-8)],
+                               rtol=0, atol=1e-12)
+
+
+@given(st.integers(0, 2**31 - 1), st.floats(1e-3, 1e3))
+def test_adamw_first_step_is_lr_times_sign_whatever_the_gradient_scale(seed, scale):
+    rng = np.random.default_rng(seed)
+    p = {"fc.weight": rng.standard_normal((3, 4)), "fc.bias": rng.standard_normal(3)}
+    before = {k: v.copy() for k, v in p.items()}
+    g = {k: scale * rng.standard_normal(v.shape) for k, v in p.items()}
+    AdamW(p, lr=0.01, weight_decay=0.0).step(g)
+    for k in p:
+        moved = before[k] - p[k]
+        np.testing.assert_allclose(moved, 0.01 * g[k] / (np.abs(g[k]) + 1e-8), rtol=1e-9, atol=1e-15)
+        big = np.abs(g[k]) > 1e-3         # where eps is negligible: exactly lr in size
+        np.testing.assert_allclose(moved[big], 0.01 * np.sign(g[k][big]), rtol=1e-5)
+
+
+def test_adamw_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    ours = _params(rng)
+    decayed = [k for k in ours if ours[k].ndim > 1]
+    plain = [k for k in ours if ours[k].ndim == 1]
+    t_dec = {k: torch.tensor(ours[k].copy(), requires_grad=True) for k in decayed}
+    t_plain = {k: torch.tensor(ours[k].copy(), requires_grad=True) for k in plain}
+    opt = AdamW(ours, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)
+    topt = torch.optim.AdamW([{"params": list(t_dec.values()), "weight_decay": 0.1},
+                              {"params": list(t_plain.values()), "weight_decay": 0.0}],
+                             lr=0.01, betas=(0.8, 0.99), eps=1e-6)
+    tall = {**t_dec, **t_plain}
+    for it in range(6):
+        grads = {k: rng.standard_normal(v.shape) for k, v in ours.items()}
+        lr = 0.01 * (0.3 if it >= 4 else 1.0)
+        for gr in topt.param_groups:
+            gr["lr"] = lr
+        for k, t in tall.items():
+            t.grad = torch.tensor(grads[k])
+        topt.step()
+        opt.step(grads, lr=lr)
+    for k in ours:
+        np.testing.assert_allclose(ours[k], tall[k].detach().numpy(), rtol=0, atol=1e-10)
+
+
+def test_adamw_minimises_a_badly_scaled_quadratic():
+    """f(w) = sum(a_i w_i²) with curvatures a_i from 1e-4 to 1e2: every coordinate gets to ~0."""
+    a = np.logspace(-4, 2, 7)
+    p = {"w": np.ones((1, 7))}
+    opt = AdamW(p, lr=0.05, weight_decay=0.0)
+    sched = WarmupCosineLR(0.05, max_iters=2000)
+    for it in range(2000):
+        opt.step({"w": 2 * a * p["w"]}, lr=sched(it))
+    assert np.abs(p["w"]).max() < 0.05
+
+
+def test_adamw_state_dict_roundtrip_and_wrong_optimizer():
+    rng = np.random.default_rng(4)
+    p1 = _params(rng)
+    p2 = {k: v.copy() for k, v in p1.items()}
+    o1 = AdamW(p1, lr=0.01)
+    gs = [{k: rng.standard_normal(v.shape) for k, v in p1.items()} for _ in range(4)]
+    o1.step(gs[0]); o1.step(gs[1])
+    o2 = AdamW(p2, lr=0.5, betas=(0.1, 0.2))
+    for k in p2:
+        p2[k][...] = p1[k]
+    o2.load_state_dict(o1.state_dict())
+    assert o2.betas == o1.betas and o2.lr == o1.lr and o2.iteration == 2
+    o1.step(gs[2]); o2.step(gs[2])
+    for k in p1:
+        np.testing.assert_array_equal(p1[k], p2[k])
+    with pytest.raises(ValueError, match="saved by AdamW, not SGD"):
+        SGD(p1, lr=0.1).load_state_dict(o1.state_dict())
+    with pytest.raises(ValueError, match="saved by SGD, not AdamW"):
+        AdamW(p1, lr=0.1).load_state_dict(SGD(p2, lr=0.1).state_dict())
+
+
+def test_adamw_bad_input_and_dtype():
+    p = {"w": np.ones((2, 2), np.float32)}
+    with pytest.raises(ValueError, match="betas"):
+        AdamW(p, lr=0.1, betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="eps"):
+        AdamW(p, lr=0.1, eps=0.0)
+    with pytest.raises(TypeError, match="AdamW"):
+        AdamW([np.zeros(2)], lr=0.1)
+    opt = AdamW(p, lr=0.1)
+    with pytest.raises(ValueError, match="AdamW.step: gradient of 'w' has shape"):
+        opt.step({"w": np.zeros((2, 3), np.float32)})
+    opt.step({"w": np.ones((2, 2), np.float32)})
+    assert p["w"].dtype == np.float32 and opt.exp_avg_sq["w"].dtype == np.float32

@@ -38,21 +38,45 @@ def test_tiny_run_writes_everything(tmp_path):
         np.testing.assert_array_equal(np.asarray(v), ck["params"][k])
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+ADAMW = {**TINY, "train": {**TINY["train"], "optimizer": "adamw", "base_lr": 1e-3, "weight_decay": 0.05}}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, optimizer):
+    cfg = TINY if optimizer == "sgd" else ADAMW
     full = tmp_path / "full"
-    h_full = train(TINY, str(full), seed=3, progress=False, log=_quiet)
+    h_full = train(cfg, str(full), seed=3, progress=False, log=_quiet)
     # simulate a run killed after iteration 4: only the first periodic checkpoint survives
     part = tmp_path / "part"
     shutil.copytree(full, part)
     for name in ("checkpoint_000008.npz", "model.npz"):
         os.remove(part / name)
-    h_res = train(TINY, str(part), seed=3, resume=True, progress=False, log=_quiet)
+    h_res = train(cfg, str(part), seed=3, resume=True, progress=False, log=_quiet)
     for k in ("total", "loss_classifier", "loss_mask", "lr"):
         np.testing.assert_allclose(h_res[k], h_full[k], rtol=1e-5, atol=1e-7, err_msg=k)
     a = load_checkpoint(str(full / "model.npz"))["params"]
     b = load_checkpoint(str(part / "model.npz"))["params"]
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    if optimizer == "adamw":     # resuming with the other optimizer is refused, with the reason
+        os.remove(part / "model.npz")
+        with pytest.raises(ValueError, match="saved by AdamW, not SGD"):
+            train(TINY, str(part), seed=3, resume=True, progress=False, log=_quiet)
+
+
+def test_adamw_and_sgd_runs_differ_and_adamw_config_is_checked(tmp_path):
+    h_sgd = train(TINY, str(tmp_path / "sgd"), seed=1, progress=False, log=_quiet)
+    h_adam = train(ADAMW, str(tmp_path / "adamw"), seed=1, progress=False, log=_quiet)
+    assert h_sgd["total"][0] == pytest.approx(h_adam["total"][0])     # same start
+    assert h_sgd["total"][1:] != h_adam["total"][1:]                   # other updates
+    ck = load_checkpoint(str(tmp_path / "adamw" / "model.npz"))
+    assert {k.split("/")[0] for k in ck["optimizer_state"]} >= {"exp_avg", "exp_avg_sq"}
+    for bad, match in [({"optimizer": "adam"}, "optimizer must be"),
+                       ({"adam_betas": [0.9]}, "adam_betas"),
+                       ({"adam_betas": [0.9, 1.5]}, "adam_betas"),
+                       ({"adam_eps": 0}, "adam_eps")]:
+        with pytest.raises(ValueError, match=match):
+            load_run_config({"preset": "tiny", "train": bad})
 
 
 def test_resume_from_a_checkpoint_saved_before_a_config_field_existed(tmp_path):

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..backend import asnumpy, get_array_module
 
-__all__ = ["SGD", "WarmupMultiStepLR", "WarmupCosineLR", "clip_grad_norm", "global_grad_norm",
+__all__ = ["SGD", "AdamW", "WarmupMultiStepLR", "WarmupCosineLR", "clip_grad_norm", "global_grad_norm",
            "default_no_decay"]
 
 
@@ -39,7 +39,82 @@ def default_no_decay(name: str, p) -> bool:
     return name == "bias" or name.endswith(".bias") or p.ndim == 1
 
 
-class SGD:
+class _Optimizer:
+    """What SGD and AdamW share: the parameters, the weight-decay rule, the step counter, and the
+    checks on the gradients and on a saved state (buffers named like the parameters)."""
+
+    kind = "optimizer"
+    buffer_names: tuple = ()
+
+    def __init__(self, params: dict, weight_decay: float, no_decay=None):
+        if not isinstance(params, dict) or not params:
+            raise TypeError(f"{self.kind}: params must be a non-empty dict name -> array "
+                            "(e.g. model.named_parameters())")
+        self.params = params
+        self.weight_decay = float(weight_decay)
+        rule = no_decay or default_no_decay
+        self.decay = {k: (0.0 if rule(k, p) else self.weight_decay) for k, p in params.items()}
+        for b in self.buffer_names:
+            setattr(self, b, {k: get_array_module(p).zeros_like(p) for k, p in params.items()})
+        self.iteration = 0
+
+    def _check_grads(self, grads: dict):
+        if set(grads) != set(self.params):
+            missing = sorted(set(self.params) - set(grads))[:5]
+            extra = sorted(set(grads) - set(self.params))[:5]
+            raise ValueError(f"{self.kind}.step: gradient names do not match the parameters "
+                             f"(missing {missing}, unexpected {extra})")
+        for k, p in self.params.items():
+            if grads[k].shape != p.shape:
+                raise ValueError(f"{self.kind}.step: gradient of {k!r} has shape "
+                                 f"{tuple(grads[k].shape)}, parameter has {tuple(p.shape)}")
+
+    def _hyper(self) -> dict:
+        raise NotImplementedError
+
+    def _set_hyper(self, hyper: dict):
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """``{"hyper": {...}, <buffer>: {name: array}, ...}`` (arrays are host copies)."""
+        state = {"hyper": {**self._hyper(), "optimizer": self.kind, "iteration": self.iteration}}
+        for b in self.buffer_names:
+            state[b] = {k: np.array(asnumpy(v)) for k, v in getattr(self, b).items()}
+        return state
+
+    def load_state_dict(self, state: dict):
+        """Restore hyper-parameters and buffers (names and shapes must match the parameters)."""
+        where = f"{self.kind}.load_state_dict"
+        hyper = state.get("hyper") if isinstance(state, dict) else None
+        if isinstance(hyper, dict) and hyper.get("optimizer", "SGD") != self.kind:
+            raise ValueError(f"{where}: the state was saved by {hyper.get('optimizer', 'SGD')}, not "
+                             f"{self.kind}; resume with the optimizer the run was started with")
+        try:
+            hyper = state["hyper"]
+            bufs = {b: state[b] for b in self.buffer_names}
+        except (KeyError, TypeError):
+            raise ValueError(f"{where}: expected a dict with 'hyper' and "
+                             f"{', '.join(repr(b) for b in self.buffer_names)} "
+                             f"(from {self.kind}.state_dict()); was it saved by another optimizer?") from None
+        for b, saved in bufs.items():
+            if set(saved) != set(self.params):
+                missing = sorted(set(self.params) - set(saved))[:5]
+                extra = sorted(set(saved) - set(self.params))[:5]
+                raise ValueError(f"{where}: {b} does not match the parameters "
+                                 f"(missing {missing}, unexpected {extra})")
+            for k, v in saved.items():
+                if tuple(np.shape(v)) != tuple(self.params[k].shape):
+                    raise ValueError(f"{where}: {b} {k!r} has shape {tuple(np.shape(v))}, "
+                                     f"parameter has {tuple(self.params[k].shape)}")
+        for b, saved in bufs.items():
+            for k, v in saved.items():
+                dst = getattr(self, b)[k]
+                dst[...] = get_array_module(dst).asarray(v, dtype=dst.dtype)
+        self._set_hyper(hyper)
+        self.iteration = int(hyper.get("iteration", 0))
+
+
+class SGD(_Optimizer):
     """Stochastic gradient descent with momentum, weight decay and optional Nesterov momentum.
 
     ``params``: ``dict[name, array]`` of the live parameter arrays (``model.named_parameters()``);
@@ -47,40 +122,28 @@ class SGD:
     (``model.named_grads()``).
     """
 
+    kind = "SGD"
+    buffer_names = ("momentum_buffer",)
+
     def __init__(self, params: dict, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4,
                  nesterov: bool = False, no_decay=None):
-        if not isinstance(params, dict) or not params:
-            raise TypeError("SGD: params must be a non-empty dict name -> array "
-                            "(e.g. model.named_parameters())")
         if lr < 0 or momentum < 0 or weight_decay < 0:
             raise ValueError(f"SGD: lr, momentum and weight_decay must be >= 0, got "
                              f"lr={lr}, momentum={momentum}, weight_decay={weight_decay}")
         if nesterov and momentum <= 0:
             raise ValueError("SGD: nesterov momentum needs momentum > 0")
-        self.params = params
+        super().__init__(params, weight_decay, no_decay)
         self.lr = float(lr)
         self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
         self.nesterov = bool(nesterov)
-        rule = no_decay or default_no_decay
-        self.decay = {k: (0.0 if rule(k, p) else self.weight_decay) for k, p in params.items()}
-        self.momentum_buffer = {k: get_array_module(p).zeros_like(p) for k, p in params.items()}
-        self.iteration = 0
 
     def step(self, grads: dict, lr: float | None = None):
         """Apply one update in place. ``grads`` must have exactly the keys of ``params``."""
-        if set(grads) != set(self.params):
-            missing = sorted(set(self.params) - set(grads))[:5]
-            extra = sorted(set(grads) - set(self.params))[:5]
-            raise ValueError(f"SGD.step: gradient names do not match the parameters "
-                             f"(missing {missing}, unexpected {extra})")
+        self._check_grads(grads)
         lr = self.lr if lr is None else float(lr)
         m = self.momentum
         for k, p in self.params.items():
             g = grads[k]
-            if g.shape != p.shape:
-                raise ValueError(f"SGD.step: gradient of {k!r} has shape {tuple(g.shape)}, "
-                                 f"parameter has {tuple(p.shape)}")
             wd = self.decay[k]
             if wd:
                 g = g + wd * p
@@ -92,38 +155,84 @@ class SGD:
             p -= (lr * g).astype(p.dtype, copy=False)
         self.iteration += 1
 
-    def state_dict(self) -> dict:
-        """``{"hyper": {...}, "momentum_buffer": {name: array}}`` (arrays are host copies)."""
-        return {
-            "hyper": {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
-                      "nesterov": self.nesterov, "iteration": self.iteration},
-            "momentum_buffer": {k: np.array(asnumpy(v)) for k, v in self.momentum_buffer.items()},
-        }
+    def _hyper(self):
+        return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
+                "nesterov": self.nesterov}
 
-    def load_state_dict(self, state: dict):
-        """Restore hyper-parameters and momentum buffers (shapes must match the parameters)."""
-        try:
-            hyper, bufs = state["hyper"], state["momentum_buffer"]
-        except (KeyError, TypeError):
-            raise ValueError("SGD.load_state_dict: expected a dict with 'hyper' and "
-                             "'momentum_buffer' (from SGD.state_dict())") from None
-        if set(bufs) != set(self.params):
-            missing = sorted(set(self.params) - set(bufs))[:5]
-            extra = sorted(set(bufs) - set(self.params))[:5]
-            raise ValueError(f"SGD.load_state_dict: momentum buffers do not match the parameters "
-                             f"(missing {missing}, unexpected {extra})")
-        for k, v in bufs.items():
-            if tuple(np.shape(v)) != tuple(self.params[k].shape):
-                raise ValueError(f"SGD.load_state_dict: buffer {k!r} has shape {tuple(np.shape(v))}, "
-                                 f"parameter has {tuple(self.params[k].shape)}")
-        for k, v in bufs.items():
-            dst = self.momentum_buffer[k]
-            dst[...] = get_array_module(dst).asarray(v, dtype=dst.dtype)
+    def _set_hyper(self, hyper):
         self.lr = float(hyper["lr"])
         self.momentum = float(hyper["momentum"])
         self.weight_decay = float(hyper["weight_decay"])
         self.nesterov = bool(hyper["nesterov"])
-        self.iteration = int(hyper.get("iteration", 0))
+
+
+class AdamW(_Optimizer):
+    """Adam with decoupled weight decay (Loshchilov & Hutter, 2019), as ``torch.optim.AdamW``.
+
+    Step ``t = 1, 2, ...`` for each parameter ``p`` with gradient ``g``::
+
+        p -= lr * weight_decay * p                   (decoupled: not part of g; not for no-decay params)
+        m  = beta1 * m + (1 - beta1) * g             (first moment; m, v start at 0)
+        v  = beta2 * v + (1 - beta2) * g²            (second moment, elementwise)
+        p -= lr * (m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + eps)
+
+    Each weight moves by about ``lr`` per step whatever the scale of its gradient (the first step
+    is exactly ``lr · sign(g)`` up to ``eps``), so layers whose gradients are tiny — the deep
+    parts of a network trained from scratch — learn as fast as the rest; SGD moves them by
+    ``lr · |g|``. ``weight_decay`` here is a rate per unit of lr (0.05 shrinks a weight by
+    ``lr · 0.05`` of itself per step), not an L2 term added to the gradient as in :class:`SGD`.
+    """
+
+    kind = "AdamW"
+    buffer_names = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, params: dict, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.05, no_decay=None):
+        betas = tuple(betas) if isinstance(betas, (tuple, list)) else betas
+        if (not isinstance(betas, tuple) or len(betas) != 2
+                or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
+            raise ValueError(f"AdamW: betas must be two numbers in [0, 1), got {betas!r}")
+        if lr < 0 or weight_decay < 0 or eps <= 0:
+            raise ValueError(f"AdamW: lr and weight_decay must be >= 0 and eps > 0, got "
+                             f"lr={lr}, weight_decay={weight_decay}, eps={eps}")
+        super().__init__(params, weight_decay, no_decay)
+        self.lr = float(lr)
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = float(eps)
+
+    def step(self, grads: dict, lr: float | None = None):
+        """Apply one update in place. ``grads`` must have exactly the keys of ``params``."""
+        self._check_grads(grads)
+        lr = self.lr if lr is None else float(lr)
+        b1, b2 = self.betas
+        t = self.iteration + 1
+        step_size = lr / (1.0 - b1 ** t)
+        inv_sqrt_c2 = 1.0 / math.sqrt(1.0 - b2 ** t)
+        for k, p in self.params.items():
+            g = grads[k]
+            m, v = self.exp_avg[k], self.exp_avg_sq[k]
+            wd = self.decay[k]
+            if wd:
+                p *= p.dtype.type(1.0 - lr * wd)
+            m *= b1
+            m += (1.0 - b1) * g
+            v *= b2
+            v += (1.0 - b2) * (g * g)
+            denom = get_array_module(v).sqrt(v)
+            denom *= inv_sqrt_c2
+            denom += self.eps
+            p -= (step_size * (m / denom)).astype(p.dtype, copy=False)
+        self.iteration = t
+
+    def _hyper(self):
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
+                "weight_decay": self.weight_decay}
+
+    def _set_hyper(self, hyper):
+        self.lr = float(hyper["lr"])
+        self.betas = (float(hyper["betas"][0]), float(hyper["betas"][1]))
+        self.eps = float(hyper["eps"])
+        self.weight_decay = float(hyper["weight_decay"])
 
 
 def _warmup_factor(it: int, warmup_iters: int, warmup_factor: float) -> float:
