@@ -40,23 +40,19 @@ def test_sgd_hand_computed():
     np.testing.assert_allclose(p["b"], [3.0 - 0.1 - 0.1 * (0.5 * 1 + 1)], atol=1e-15)
 
 
-@pytest.mark.parametrize("nesterov", [False, True])
-def test_sgd_matches_torch(nesterov):
+def _against_torch(make_ours, make_torch, seed, steps, lr0, drop_at):
+    """Run our optimizer and torch's on the same parameters and gradients (weight decay on the
+    ndim >= 2 arrays only, the lr cut to 0.3x from step ``drop_at``); compare the parameters."""
     torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     ours = _params(rng)
-    decayed = [k for k in ours if ours[k].ndim > 1]
-    plain = [k for k in ours if ours[k].ndim == 1]
-    t_dec = {k: torch.tensor(ours[k].copy(), requires_grad=True) for k in decayed}
-    t_plain = {k: torch.tensor(ours[k].copy(), requires_grad=True) for k in plain}
-    opt = SGD(ours, lr=0.05, momentum=0.9, weight_decay=1e-2, nesterov=nesterov)
-    topt = torch.optim.SGD([{"params": list(t_dec.values()), "weight_decay": 1e-2},
-                            {"params": list(t_plain.values()), "weight_decay": 0.0}],
-                           lr=0.05, momentum=0.9, nesterov=nesterov)
-    tall = {**t_dec, **t_plain}
-    for it in range(5):
+    tall = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in ours.items()}
+    opt = make_ours(ours)
+    topt = make_torch(torch, [[tall[k] for k in ours if ours[k].ndim > 1],
+                              [tall[k] for k in ours if ours[k].ndim == 1]])
+    for it in range(steps):
         grads = {k: rng.standard_normal(v.shape) for k, v in ours.items()}
-        lr = 0.05 * (0.5 if it >= 3 else 1.0)
+        lr = lr0 * (0.3 if it >= drop_at else 1.0)
         for gr in topt.param_groups:
             gr["lr"] = lr
         for k, t in tall.items():
@@ -65,6 +61,15 @@ def test_sgd_matches_torch(nesterov):
         opt.step(grads, lr=lr)
     for k in ours:
         np.testing.assert_allclose(ours[k], tall[k].detach().numpy(), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_matches_torch(nesterov):
+    _against_torch(lambda p: SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-2, nesterov=nesterov),
+                   lambda torch, groups: torch.optim.SGD(
+                       [{"params": groups[0], "weight_decay": 1e-2}, {"params": groups[1], "weight_decay": 0.0}],
+                       lr=0.05, momentum=0.9, nesterov=nesterov),
+                   seed=0, steps=5, lr0=0.05, drop_at=3)
 
 
 def test_sgd_no_decay_on_bias_and_norm_params():
@@ -226,29 +231,23 @@ def test_adamw_first_step_is_lr_times_sign_whatever_the_gradient_scale(seed, sca
 
 
 def test_adamw_matches_torch():
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(3)
-    ours = _params(rng)
-    decayed = [k for k in ours if ours[k].ndim > 1]
-    plain = [k for k in ours if ours[k].ndim == 1]
-    t_dec = {k: torch.tensor(ours[k].copy(), requires_grad=True) for k in decayed}
-    t_plain = {k: torch.tensor(ours[k].copy(), requires_grad=True) for k in plain}
-    opt = AdamW(ours, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)
-    topt = torch.optim.AdamW([{"params": list(t_dec.values()), "weight_decay": 0.1},
-                              {"params": list(t_plain.values()), "weight_decay": 0.0}],
-                             lr=0.01, betas=(0.8, 0.99), eps=1e-6)
-    tall = {**t_dec, **t_plain}
-    for it in range(6):
-        grads = {k: rng.standard_normal(v.shape) for k, v in ours.items()}
-        lr = 0.01 * (0.3 if it >= 4 else 1.0)
-        for gr in topt.param_groups:
-            gr["lr"] = lr
-        for k, t in tall.items():
-            t.grad = torch.tensor(grads[k])
-        topt.step()
-        opt.step(grads, lr=lr)
-    for k in ours:
-        np.testing.assert_allclose(ours[k], tall[k].detach().numpy(), rtol=0, atol=1e-10)
+    _against_torch(lambda p: AdamW(p, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1),
+                   lambda torch, groups: torch.optim.AdamW(
+                       [{"params": groups[0], "weight_decay": 0.1}, {"params": groups[1], "weight_decay": 0.0}],
+                       lr=0.01, betas=(0.8, 0.99), eps=1e-6),
+                   seed=3, steps=6, lr0=0.01, drop_at=4)
+
+
+def test_loaded_weight_decay_takes_effect():
+    """The per-parameter decay follows weight_decay, also after load_state_dict changed it."""
+    p = {"fc.weight": np.ones((2, 2)), "fc.bias": np.ones(2)}
+    saved = AdamW({k: v.copy() for k, v in p.items()}, lr=0.1, weight_decay=0.5).state_dict()
+    opt = AdamW(p, lr=0.1, weight_decay=0.0)
+    opt.load_state_dict(saved)
+    assert opt.decay == {"fc.weight": 0.5, "fc.bias": 0.0}
+    opt.step({k: np.zeros_like(v) for k, v in p.items()})
+    np.testing.assert_allclose(p["fc.weight"], 1 - 0.1 * 0.5)
+    np.testing.assert_array_equal(p["fc.bias"], 1.0)
 
 
 def test_adamw_minimises_a_badly_scaled_quadratic():

@@ -53,10 +53,16 @@ class _Optimizer:
         self.params = params
         self.weight_decay = float(weight_decay)
         rule = no_decay or default_no_decay
-        self.decay = {k: (0.0 if rule(k, p) else self.weight_decay) for k, p in params.items()}
+        self._decays = {k: not rule(k, p) for k, p in params.items()}
         for b in self.buffer_names:
             setattr(self, b, {k: get_array_module(p).zeros_like(p) for k, p in params.items()})
         self.iteration = 0
+
+    @property
+    def decay(self) -> dict:
+        """name -> the weight decay that parameter gets (``weight_decay`` or 0), from the current
+        ``weight_decay``, so a loaded state's value takes effect."""
+        return {k: (self.weight_decay if d else 0.0) for k, d in self._decays.items()}
 
     def _check_grads(self, grads: dict):
         if set(grads) != set(self.params):
@@ -85,17 +91,18 @@ class _Optimizer:
     def load_state_dict(self, state: dict):
         """Restore hyper-parameters and buffers (names and shapes must match the parameters)."""
         where = f"{self.kind}.load_state_dict"
-        hyper = state.get("hyper") if isinstance(state, dict) else None
-        if isinstance(hyper, dict) and hyper.get("optimizer", "SGD") != self.kind:
-            raise ValueError(f"{where}: the state was saved by {hyper.get('optimizer', 'SGD')}, not "
-                             f"{self.kind}; resume with the optimizer the run was started with")
         try:
             hyper = state["hyper"]
-            bufs = {b: state[b] for b in self.buffer_names}
-        except (KeyError, TypeError):
-            raise ValueError(f"{where}: expected a dict with 'hyper' and "
-                             f"{', '.join(repr(b) for b in self.buffer_names)} "
-                             f"(from {self.kind}.state_dict()); was it saved by another optimizer?") from None
+            saved_kind = hyper.get("optimizer", "SGD")      # states saved before AdamW are SGD's
+        except (KeyError, TypeError, AttributeError):
+            raise ValueError(f"{where}: expected a dict with 'hyper' (from {self.kind}.state_dict())") from None
+        if saved_kind != self.kind:
+            raise ValueError(f"{where}: the state was saved by {saved_kind}, not {self.kind}; "
+                             "resume with the optimizer the run was started with")
+        missing = [b for b in self.buffer_names if not isinstance(state.get(b), dict)]
+        if missing:
+            raise ValueError(f"{where}: the state has no {missing} (from {self.kind}.state_dict())")
+        bufs = {b: state[b] for b in self.buffer_names}
         for b, saved in bufs.items():
             if set(saved) != set(self.params):
                 missing = sorted(set(self.params) - set(saved))[:5]
@@ -144,9 +151,8 @@ class SGD(_Optimizer):
         m = self.momentum
         for k, p in self.params.items():
             g = grads[k]
-            wd = self.decay[k]
-            if wd:
-                g = g + wd * p
+            if self._decays[k] and self.weight_decay:
+                g = g + self.weight_decay * p
             if m:
                 buf = self.momentum_buffer[k]
                 buf *= m
@@ -211,9 +217,8 @@ class AdamW(_Optimizer):
         for k, p in self.params.items():
             g = grads[k]
             m, v = self.exp_avg[k], self.exp_avg_sq[k]
-            wd = self.decay[k]
-            if wd:
-                p *= p.dtype.type(1.0 - lr * wd)
+            if self._decays[k] and self.weight_decay:
+                p *= p.dtype.type(1.0 - lr * self.weight_decay)
             m *= b1
             m += (1.0 - b1) * g
             v *= b2
