@@ -250,6 +250,22 @@ def test_bundled_or_trained_model_falls_back_to_a_quick_tiny_run(monkeypatch, tm
     assert "tiny run trained for 2 iterations" in how and rcfg.model.name == "tiny"
 
 
+def test_the_shipped_checkpoint_is_a_full_run_of_the_current_shapes_preset():
+    """The README says `mrcnn-ref train --config shapes` reproduces the shipped model: its config
+    must be the preset's (a preset change without a re-export fails here) and it must have run to
+    the end."""
+    import mrcnn_ref.train as tr
+
+    loaded = tr.load_bundled_model()
+    if loaded is None:
+        pytest.skip("no bundled checkpoint")
+    _, rcfg, extra = loaded
+    preset = load_run_config("shapes")
+    assert rcfg.to_dict() == preset.to_dict()
+    assert extra["iteration"] == preset.train.iterations
+    assert extra["loss_history"]["iteration"][-1] == preset.train.iterations
+
+
 def test_plots_leave_the_matplotlib_backend_and_pyplot_alone(tmp_path):
     """Writing the loss curves / a detections PNG must not switch a notebook's backend (which
     would silence its later plt.show()) nor leave pyplot figures open."""
