@@ -327,20 +327,22 @@ for name, r in (("SGD", rel_sgd), ("AdamW", rel_adamw)):
 # (one reason for the warm-up). At the same time the FPN's output convs of P3–P5, whose gradients
 # are tiny at the start, would move by a millionth. AdamW moves every weight by about `lr`, so its
 # relative step is about `lr` over the weights' RMS: it depends on how a layer was initialised,
-# not on its gradient, and its spread is far smaller. Did the shapes model need that? After the 6,000 SGD steps a training image scored no better than a held-out one
-# (segm AP 0.873 on training images 0–299, 0.872 on the unseen training-split images 2000–2299),
-# so the model was under-trained, not over-fitted — and more steps would not fit in the
-# 15 minutes. With the same steps, data and schedule, AdamW trained further. Seed 0, scored on the
-# 200 validation images with `mrcnn-ref evaluate`:
+# not on its gradient, and its spread is far smaller.
+#
+# Did the shapes model need that? After the 6,000 SGD steps, images it had trained on scored no
+# better than unseen ones (segm AP 0.874 on training images 0–299, 0.882 on the unseen
+# training-split images 2000–2299). So the model was under-trained, not over-fitted, and more
+# steps would not fit in the 15 minutes. With the same steps, data and schedule, AdamW trained
+# further. The shipped checkpoints of the two recipes (seed 0), scored on the 200 validation
+# images with `mrcnn-ref evaluate`:
 #
 # | 6,000 steps of 2 images | bbox AP | segm AP | segm AP50 |
 # |---|---|---|---|
 # | SGD, lr 0.02, momentum 0.9, wd 1e-4 (the former preset) | 0.870 | 0.861 | 0.963 |
-# | AdamW, lr 0.003, wd 0.05 (the preset) | 0.908 | 0.922 | 0.981 |
+# | AdamW, lr 0.003, wd 0.05 (the preset) | 0.903 | 0.916 | 0.981 |
 #
 # At half the steps the gap was wider: on images 2000–2299, segm AP 0.787 with SGD against 0.895
-# with AdamW after 3,000 steps. The README has the figures of the shipped checkpoint and of other
-# seeds.
+# with AdamW after 3,000 steps. The README has the figures of other seeds.
 
 # %% [markdown]
 # ### Check: AdamW

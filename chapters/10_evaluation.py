@@ -554,9 +554,9 @@ ablation = ablation_table("one view, Matrix NMS off", {
 
 # %% [markdown]
 # On the 200 validation images of `mrcnn-ref evaluate` (the enlarged view and Matrix NMS, below,
-# off; the second box pass on) the bundled checkpoint's segm AP goes from 0.812 (neither) to 0.830
-# (flip only), 0.824 (rescoring only) and 0.839 (both), and its bbox AP from 0.833 to 0.857 (flip)
-# and 0.859 (both). On a handful of
+# off; the second box pass on) the bundled checkpoint's segm AP goes from 0.879 (neither) to 0.894
+# (flip only), 0.883 (rescoring only) and 0.896 (both), and its bbox AP from 0.874 to 0.892 (flip)
+# and 0.891 (both). On a handful of
 # images, as in smoke mode here, the differences are noise. Note what does *not* move much: AP50.
 # The objects missed at IoU 0.5 are heavily occluded shapes — a circle behind a larger one, visible
 # only as a crescent; a shape with another shape inside it, visible as a ring — which neither view
@@ -594,8 +594,8 @@ scale_ablation = ablation_table("flip and rescoring on, Matrix NMS off", {
 
 # %% [markdown]
 # On the 200 validation images (as here: flip and rescoring on, Matrix NMS off) the enlarged view
-# takes the bundled model's segm AP from 0.839 to 0.857, segm AP50 from 0.947 to 0.953 and bbox AP
-# from 0.859 to 0.864, for about 2.2× the inference time; on the tuning images (described below)
+# takes the bundled model's segm AP from 0.896 to 0.913, segm AP50 from 0.969 to 0.974 and bbox AP
+# from 0.891 to 0.901, for about 2.2× the inference time; on the tuning images (described below)
 # it was chosen, for the 8,500-step model of the time, over 1.25× and 2×
 # (segm AP 0.891 and 0.887 against 0.896; at 2× the larger shapes, enlarged beyond every training
 # object, lose). It helps the *small* shapes: their segm AP on the tuning images went from 0.865
@@ -659,8 +659,8 @@ matrix_ablation = ablation_table("the other refinements on", {
 
 # %% [markdown]
 # On the 200 validation images, with the other refinements on, the bundled model's segm AP is
-# 0.857 off, 0.860 per class and 0.861 across classes, its segm AP50 0.953 → 0.962 → 0.963 and
-# its bbox AP 0.864 → 0.868 → 0.870. It was chosen on the tuning images of the next section
+# 0.913 off, 0.915 per class and 0.916 across classes, its segm AP50 0.974 → 0.980 → 0.981 and
+# its bbox AP 0.901 → 0.902 → 0.903. It was chosen on the tuning images of the next section
 # (segm AP 0.8737 off, 0.8749 per class, 0.8761 across classes, for the 8,500-step model before
 # the enlarged view), with SOLOv2's sigma, 2.0, untuned.
 #
@@ -715,8 +715,9 @@ refine_ablation = ablation_table("the other refinements on", {
 # On the tuning images (next section) it took the 8,500-step model's bbox AP from 0.875 to 0.895
 # and its segm AP from 0.896 to 0.903, segm AP50 from 0.976 to 0.974; a second extra pass, or
 # averaging the two passes' class scores, did no better. On the 200 validation images the bundled
-# 6,000-step model goes from bbox AP 0.856 to 0.870 and segm AP 0.858 to 0.861 (README). On 60
-# validation images (rescoring and Matrix NMS off), the confident detections (score ≥ 0.9) moved
+# model goes from bbox AP 0.897 to 0.903 and segm AP 0.915 to 0.916, while its segm AP50 drops
+# from 0.984 to 0.981 (README). For the earlier, SGD-trained model, on 60 validation images
+# (rescoring and Matrix NMS off), the confident detections (score ≥ 0.9) moved
 # by 0.3 px (median) and fit a little tighter; the less sure ones, which are looser, moved further
 # (median 1.7 px above score 0.3, a tenth of them about 9 px or more), three in four closer to
 # their object. The rest, often next to another shape, moved away — which is why AP50 does not gain.
