@@ -201,7 +201,8 @@ plt.show()
 # `weight_decay/2 · ‖p‖²`) is applied only to conv and linear weights: **biases and the
 # normalisation layers' scale and shift get none** (`default_no_decay`: names ending in `bias`, and
 # every 1-D parameter) — shrinking a GroupNorm scale or a bias towards zero regularises nothing
-# useful.
+# useful. The shapes preset trained with SGD (lr 0.02, momentum 0.9, weight decay 1e-4) until
+# 2026-12-02; it now uses AdamW, the next subsection.
 
 # %%
 print(inspect.getsource(default_no_decay))
@@ -210,7 +211,7 @@ print(inspect.getsource(SGD.step))
 # %%
 model_shapes = MaskRCNN(shapes_cfg.model, rng=np.random.default_rng(0))
 params = model_shapes.named_parameters()
-optim = SGD(params, lr=tcfg.base_lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay)
+optim = SGD(params, lr=0.02, momentum=0.9, weight_decay=1e-4)    # the SGD recipe's settings (until 2026-12-02)
 decayed = [k for k in params if optim.decay[k] > 0]
 not_decayed = [k for k in params if optim.decay[k] == 0]
 n_all = sum(p.size for p in params.values())
@@ -294,11 +295,11 @@ def first_step(opt_class, lr, **kwargs):
     return np.array([np.linalg.norm(steps[k]) / np.linalg.norm(params[k]) for k in weight_names]), steps
 
 
-SGD_LR = 0.02
+SGD_LR = optim.lr                         # 0.02, the SGD recipe's lr
 rel_sgd, steps_sgd = first_step(SGD, SGD_LR, momentum=0.9, weight_decay=1e-4)
 rel_adamw, steps_adamw = first_step(AdamW, tcfg.base_lr, weight_decay=tcfg.weight_decay)
 
-parts = [k.split(".")[0] for k in weight_names]
+parts = [k.split(".")[1] if k.startswith("backbone.") else k.split(".")[0] for k in weight_names]  # body, fpn, rpn, ...
 fig, ax = plt.subplots(figsize=(12, 4))
 ax.semilogy(rel_sgd, "o-", ms=3, label=f"SGD, lr {SGD_LR}")
 ax.semilogy(rel_adamw, "s-", ms=3, label=f"AdamW, lr {tcfg.base_lr}")
