@@ -50,11 +50,10 @@ from mrcnn_ref.evaluate import mask_iou
 from mrcnn_ref.inference import predict_image
 from mrcnn_ref.model.mask_rcnn import MaskRCNN
 from mrcnn_ref.nn.checkpoint import load_checkpoint
-from mrcnn_ref.data.transforms import to_model_input
 from mrcnn_ref.nn.optim import SGD, AdamW, WarmupCosineLR, _warmup_factor, clip_grad_norm, default_no_decay
-from mrcnn_ref.train import (BUNDLED_CHECKPOINT, LOSS_KEYS, RUN_PRESETS, TrainingDiverged, _sample_targets,
-                             _schedule, bundled_or_trained_model, export_model, load_bundled_model, load_model,
-                             load_run_config, summarize_history, train)
+from mrcnn_ref.train import (BUNDLED_CHECKPOINT, LOSS_KEYS, RUN_PRESETS, TrainingDiverged, _schedule,
+                             bundled_or_trained_model, export_model, load_bundled_model, load_model,
+                             load_run_config, sample_forward_backward, summarize_history, train)
 from mrcnn_ref.visualize import draw_detections
 
 SMOKE = os.environ.get("MRCNN_REF_SMOKE") == "1"
@@ -278,9 +277,7 @@ print(inspect.getsource(AdamW.step))
 # %%
 sample = ShapesDataset(split="train", num_images=1, image_size=tcfg.image_size, seed=0)[0]
 model_shapes.zero_grad()
-model_shapes.forward_train(to_model_input(sample)[None], _sample_targets(sample, np),
-                           rng=np.random.default_rng(0))
-model_shapes.backward(image_grad=False)
+sample_forward_backward(model_shapes, sample, np.random.default_rng(0))    # as one image of train()
 real_grads = {k: v.astype(np.float64) for k, v in model_shapes.named_grads().items()}
 weight_names = [k for k, p in params.items() if p.ndim >= 2]
 
@@ -295,13 +292,13 @@ def first_step(opt_class, lr, **kwargs):
     return np.array([np.linalg.norm(steps[k]) / np.linalg.norm(params[k]) for k in weight_names]), steps
 
 
-SGD_LR = optim.lr                         # 0.02, the SGD recipe's lr
-rel_sgd, steps_sgd = first_step(SGD, SGD_LR, momentum=0.9, weight_decay=1e-4)
-rel_adamw, steps_adamw = first_step(AdamW, tcfg.base_lr, weight_decay=tcfg.weight_decay)
+rel_sgd, steps_sgd = first_step(SGD, optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+rel_adamw, steps_adamw = first_step(AdamW, tcfg.base_lr, betas=tcfg.adam_betas, eps=tcfg.adam_eps,
+                                    weight_decay=tcfg.weight_decay)
 
 parts = [k.split(".")[1] if k.startswith("backbone.") else k.split(".")[0] for k in weight_names]  # body, fpn, rpn, ...
 fig, ax = plt.subplots(figsize=(12, 4))
-ax.semilogy(rel_sgd, "o-", ms=3, label=f"SGD, lr {SGD_LR}")
+ax.semilogy(rel_sgd, "o-", ms=3, label=f"SGD, lr {optim.lr}")
 ax.semilogy(rel_adamw, "s-", ms=3, label=f"AdamW, lr {tcfg.base_lr}")
 for i in range(len(parts)):
     if i == 0 or parts[i] != parts[i - 1]:
@@ -355,11 +352,11 @@ for name, r in (("SGD", rel_sgd), ("AdamW", rel_adamw)):
 # * SGD's relative steps spread over a far wider range than AdamW's.
 
 # %%
-lr, wd = tcfg.base_lr, tcfg.weight_decay
+lr, wd, eps = tcfg.base_lr, tcfg.weight_decay, tcfg.adam_eps
 for k in params:
     g, p = real_grads[k], params[k].astype(np.float64)      # float64, like the steps
     decay = wd * p if p.ndim >= 2 else 0.0
-    np.testing.assert_allclose(steps_adamw[k], lr * g / (np.abs(g) + 1e-8) + lr * decay,
+    np.testing.assert_allclose(steps_adamw[k], lr * g / (np.abs(g) + eps) + lr * decay,
                                rtol=1e-9, atol=1e-15, err_msg=k)
     clear = np.abs(g) > 1e-4                      # |g| ≫ ε: the step is lr · sign(g) to 1e-4
     np.testing.assert_allclose((steps_adamw[k] - lr * decay)[clear], lr * np.sign(g[clear]),

@@ -33,7 +33,7 @@ from .nn.optim import SGD, AdamW, WarmupCosineLR, WarmupMultiStepLR, clip_grad_n
 from .parallel import GradientWorkers, can_fork, share_parameters
 
 __all__ = ["TrainConfig", "RunConfig", "TrainingDiverged", "load_run_config", "build_dataset",
-           "train", "load_model", "load_bundled_model", "plot_loss_curves", "RUN_PRESETS",
+           "train", "sample_forward_backward", "load_model", "load_bundled_model", "plot_loss_curves", "RUN_PRESETS",
            "BUNDLED_CHECKPOINT", "export_model", "bundled_or_trained_model", "summarize_history"]
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
@@ -266,6 +266,21 @@ def _sample_targets(sample, xp):
             "masks": xp.asarray(sample["masks"])}
 
 
+def sample_forward_backward(model, sample, rng, xp=np):
+    """One training sample through the model: the forward pass (its losses) and, if the total
+    loss is finite, the backward pass, which *adds* to the model's gradients (no gradient with
+    respect to the image). ``sample``: a dataset sample (dict with ``image``, ``boxes``,
+    ``labels``, ``masks``); ``rng``: the generator for the anchor and RoI sampling; ``xp``: the
+    array module to compute in. Returns ``(losses, total)`` as ``forward_train``."""
+    from .data.transforms import to_model_input  # noqa: PLC0415
+
+    image = xp.asarray(to_model_input(sample))[None]
+    losses, total = model.forward_train(image, _sample_targets(sample, xp), rng=rng)
+    if math.isfinite(total):
+        model.backward(image_grad=False)
+    return losses, total
+
+
 def _trained_fields(model_cfg: MaskRCNNConfig) -> dict:
     """The model config fields that shape the weights, JSON-normalised (``--resume`` compares
     these; inference-only settings such as ``nms_thresh`` may differ)."""
@@ -309,7 +324,7 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
     ``resume=True`` continues from the newest checkpoint in ``out_dir`` (same seed → same losses
     as an uninterrupted run). ``iterations`` overrides the config's number of iterations.
     """
-    from .data.transforms import random_hflip, to_model_input  # noqa: PLC0415
+    from .data.transforms import random_hflip  # noqa: PLC0415
     from .model.mask_rcnn import MaskRCNN  # noqa: PLC0415
 
     rcfg = load_run_config(config)
@@ -392,12 +407,10 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
             sample = dataset[int(rng.integers(len(dataset)))]
             if tcfg.hflip:
                 sample = random_hflip(sample, rng)
-            image = xp.asarray(to_model_input(sample))[None]
-            losses, total = model.forward_train(image, _sample_targets(sample, xp), rng=rng)
+            losses, total = sample_forward_backward(model, sample, rng, xp)
             out.append((losses, total))
             if not math.isfinite(total):
                 break
-            model.backward(image_grad=False)
         return out
 
     def diverged(what, it):

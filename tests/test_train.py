@@ -250,6 +250,30 @@ def test_bundled_or_trained_model_falls_back_to_a_quick_tiny_run(monkeypatch, tm
     assert "tiny run trained for 2 iterations" in how and rcfg.model.name == "tiny"
 
 
+def test_sample_forward_backward_adds_gradients_and_skips_the_backward_of_a_bad_loss():
+    """A finite loss: the backward pass adds (twice the same sample and generator seed = twice
+    the gradients). A non-finite loss: no backward pass, the gradients stay as they were."""
+    from mrcnn_ref.model.mask_rcnn import MaskRCNN
+    from mrcnn_ref.train import build_dataset, sample_forward_backward
+
+    rc = load_run_config("tiny")
+    model = MaskRCNN(rc.model, rng=np.random.default_rng(0))
+    sample = build_dataset(rc.train, "train", 1)[0]
+    model.zero_grad()
+    losses, total = sample_forward_backward(model, sample, np.random.default_rng(3))
+    assert np.isfinite(total) and set(losses) >= {"loss_classifier", "loss_mask"}
+    once = {k: v.copy() for k, v in model.named_grads().items()}
+    assert any(np.abs(v).max() > 0 for v in once.values())
+    sample_forward_backward(model, sample, np.random.default_rng(3))
+    for k, v in model.named_grads().items():
+        np.testing.assert_allclose(v, 2 * once[k], rtol=1e-5, atol=1e-7, err_msg=k)
+
+    model.forward_train = lambda *a, **kw: ({"loss_mask": float("nan")}, float("nan"))
+    model.backward = lambda *a, **kw: pytest.fail("backward after a non-finite loss")
+    _, total = sample_forward_backward(model, sample, np.random.default_rng(3))
+    assert not np.isfinite(total)
+
+
 def test_the_shipped_checkpoint_is_a_full_run_of_the_current_shapes_preset():
     """The README says `mrcnn-ref train --config shapes` reproduces the shipped model: its config
     must be the preset's (a preset change without a re-export fails here) and it must have run to
