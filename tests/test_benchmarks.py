@@ -79,3 +79,20 @@ def test_bench_drops_config_keys_an_older_revision_does_not_know(tmp_path):
     stripped = bench._for_package("mrcnn_ref", newer)
     assert stripped != newer
     assert load_checkpoint(stripped)["config"] == ck["config"]
+
+
+def test_bench_optim_times_both_optimizers_and_a_forward_backward(tmp_path):
+    script = os.path.join(REPO, "benchmarks", "bench_optim.py")
+    out = subprocess.run([sys.executable, script, "--rounds", "2", "--steps", "2"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    medians = {}
+    for line in out.stdout.splitlines():
+        words = line.split()
+        if "median" in words:
+            medians[" ".join(words[:words.index("median")])] = float(words[words.index("median") + 1])
+    assert set(medians) == {"SGD.step", "AdamW.step", "forward+backward (1 image)"}, out.stdout
+    assert all(t > 0 for t in medians.values()), medians
+    bad = subprocess.run([sys.executable, script, "--checkpoint", str(tmp_path / "missing.npz")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "checkpoint not found" in bad.stderr

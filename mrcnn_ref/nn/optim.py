@@ -216,17 +216,25 @@ class AdamW(_Optimizer):
         inv_sqrt_c2 = 1.0 / math.sqrt(1.0 - b2 ** t)
         for k, p in self.params.items():
             g = grads[k]
+            xp = get_array_module(p)
             m, v = self.exp_avg[k], self.exp_avg_sq[k]
             if self._decays[k] and self.weight_decay:
                 p *= p.dtype.type(1.0 - lr * self.weight_decay)
-            m *= b1
-            m += (1.0 - b1) * g
+            # the formulas of the docstring, in place: two temporaries per parameter instead of
+            # seven (the same operations in the same order, so the same numbers)
+            g_tmp = g * g                           # g², then (1 - beta1) g
+            g_tmp *= 1.0 - b2
             v *= b2
-            v += (1.0 - b2) * (g * g)
-            denom = get_array_module(v).sqrt(v)
-            denom *= inv_sqrt_c2
-            denom += self.eps
-            p -= (step_size * (m / denom)).astype(p.dtype, copy=False)
+            v += g_tmp
+            xp.multiply(g, 1.0 - b1, out=g_tmp)
+            m *= b1
+            m += g_tmp
+            step = xp.sqrt(v)                       # sqrt(v / (1 - beta2^t)) + eps, then the step
+            step *= inv_sqrt_c2
+            step += self.eps
+            xp.divide(m, step, out=step)
+            step *= step_size
+            p -= step
         self.iteration = t
 
     def _hyper(self):
