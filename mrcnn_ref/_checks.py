@@ -2,12 +2,28 @@
 
 Each helper raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong shape or
 values) with a message naming the function, the argument and what was expected.
+
+Checks of an array's *values* (finite, in range, integral) read them, which for an array on a GPU
+is a device->host transfer and a synchronisation. They run on host (NumPy) arrays always and on
+device arrays only when ``MRCNN_REF_CHECK_DEVICE_VALUES=1`` (or :data:`CHECK_DEVICE_VALUES` is set):
+shapes and dtypes are checked everywhere, values on the device only when debugging.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from .backend import get_array_module
+from .backend import get_array_module, is_host
+
+#: Check the values of device arrays too (each check is one device->host transfer).
+CHECK_DEVICE_VALUES = os.environ.get("MRCNN_REF_CHECK_DEVICE_VALUES", "") not in ("", "0")
+
+
+def reads_values(*arrays) -> bool:
+    """Whether value checks run on these arrays: always on the host, on a device only when
+    :data:`CHECK_DEVICE_VALUES` is set."""
+    return CHECK_DEVICE_VALUES or is_host(get_array_module(*arrays))
 
 
 def check_array(x, name: str, where: str, ndim=None, shape=None, floating: bool = False,
@@ -31,7 +47,7 @@ def check_array(x, name: str, where: str, ndim=None, shape=None, floating: bool 
             raise ValueError(f"{where}: {name} must have shape {want}, got {tuple(x.shape)}")
     if floating and not x.dtype.kind == "f":
         raise TypeError(f"{where}: {name} must be a floating-point array (float32/float64), got {x.dtype}")
-    if finite and x.size:
+    if finite and x.size and reads_values(x):
         xp = get_array_module(x)
         if x.dtype.kind == "f" and not bool(xp.isfinite(x).all()):
             raise ValueError(f"{where}: {name} contains NaN or inf values")

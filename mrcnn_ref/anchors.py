@@ -193,22 +193,23 @@ def label_anchors(anchors, gt_boxes, pos_iou: float = 0.7, neg_iou: float = 0.3,
         b = float(allowed_border)
         inside = ((anchors[:, 0] >= -b) & (anchors[:, 1] >= -b)
                   & (anchors[:, 2] <= w + b) & (anchors[:, 3] <= h + b))
-    labels = xp.full((n,), -1, dtype=xp.int8)
+    # labels are chosen with xp.where, not boolean-mask writes (which read the mask's size back
+    # from a GPU)
+    unset = xp.full((n,), -1, dtype=xp.int8)
     if gt_boxes.shape[0] == 0:
-        labels[inside] = 0
-        return labels, xp.full((n,), -1, dtype=xp.int64)
+        return xp.where(inside, 0, unset).astype(xp.int8), xp.full((n,), -1, dtype=xp.int64)
     iou = box_iou(anchors, gt_boxes)                       # (A, G)
     iou = xp.where(xp.isnan(iou), 0, iou)                  # zero-area pairs: no overlap
     iou = xp.where(inside[:, None], iou, -1)               # outside anchors never win anything
     matched = xp.argmax(iou, axis=1).astype(xp.int64)
     best = xp.max(iou, axis=1)
-    labels[inside & (best < neg_iou)] = 0
-    labels[inside & (best >= pos_iou)] = 1
+    labels = xp.where(inside & (best < neg_iou), 0, unset)
+    labels = xp.where(inside & (best >= pos_iou), 1, labels)
     if allow_low_quality:
         gt_best = xp.max(iou, axis=0)                      # (G,)
         is_best = (iou == gt_best[None, :]) & (gt_best[None, :] > 0)
-        labels[is_best.any(axis=1)] = 1
-    return labels, matched
+        labels = xp.where(is_best.any(axis=1), 1, labels)
+    return labels.astype(xp.int8), matched
 
 
 def sample_labels(labels, batch_size: int = 256, positive_fraction: float = 0.5, rng=None):

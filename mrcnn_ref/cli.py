@@ -4,6 +4,8 @@
     mrcnn-ref evaluate --checkpoint runs/shapes/model.npz --split val --num-images 200 --out runs/eval
     mrcnn-ref predict IMAGE --checkpoint runs/shapes/model.npz --out picture.png
 
+Every command takes ``--backend numpy|cupy|emulated`` (default: numpy, or $MRCNN_REF_BACKEND).
+
 Errors the user can fix (bad config, missing files, a malformed COCO file, a diverged run) are
 printed as one line on stderr with exit status 2 — no traceback (set MRCNN_REF_DEBUG=1 to see it).
 Every command first calls :func:`mrcnn_ref.memory.retain_freed_memory` (glibc keeps freed blocks
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--iterations", type=int, default=None, help="override the config's iterations")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_backend_option(p)
 
     p = sub.add_parser("evaluate", help="COCO-style bbox and mask AP on held-out images",
                        description="Predict on a split and write EVAL/ground_truth.json, "
@@ -53,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coco-images", default=None, help="image folder for --coco-annotations")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_set_option(p)
+    _add_backend_option(p)
 
     p = sub.add_parser("predict", help="draw the detections on one image",
                        description="Detect instances in IMAGE and write a PNG with masks, boxes, "
@@ -62,7 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the PNG to write")
     p.add_argument("--score-thresh", type=float, default=0.5, help="minimum score shown (default 0.5)")
     _add_set_option(p)
+    _add_backend_option(p)
     return parser
+
+
+def _add_backend_option(p):
+    p.add_argument("--backend", default=None, metavar="NAME",
+                   help="where the arrays live: numpy (default, or $MRCNN_REF_BACKEND), cupy (an "
+                        "NVIDIA GPU, the 'gpu' extra) or emulated (CuPy's host/device rules on the "
+                        "CPU, for tests)")
 
 
 def _add_set_option(p):
@@ -77,7 +89,7 @@ def _load_for_inference(args):
     from .model.config import with_inference_overrides  # noqa: PLC0415
     from .train import load_model  # noqa: PLC0415
 
-    model, rcfg, extra = load_model(args.checkpoint)
+    model, rcfg, extra = load_model(args.checkpoint, backend=args.backend)
     if args.set:
         model.config = rcfg.model = with_inference_overrides(model.config, args.set)
     return model, rcfg, extra
@@ -88,7 +100,7 @@ def _cmd_train(args) -> int:
 
     t0 = time.perf_counter()
     history = train(args.config, args.out, seed=args.seed, resume=args.resume,
-                    iterations=args.iterations, progress=not args.no_progress)
+                    iterations=args.iterations, progress=not args.no_progress, backend=args.backend)
     wall = time.perf_counter() - t0
     n = len(history["total"])
     tail = history["total"][-50:]
@@ -151,10 +163,17 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    from .backend import set_backend  # noqa: PLC0415
     from .memory import retain_freed_memory  # noqa: PLC0415
     from .train import TrainingDiverged  # noqa: PLC0415
 
     retain_freed_memory()   # reuse freed temporaries instead of page-faulting them back (memory.py)
+    if args.backend is not None:
+        try:
+            set_backend(args.backend)
+        except ValueError as e:
+            print(f"mrcnn-ref {args.command}: error: {e}", file=sys.stderr)
+            return 2
     handler = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict}[args.command]
     try:
         return handler(args)

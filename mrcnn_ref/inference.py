@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from ._io import write_json
-from .backend import asnumpy, get_backend
+from .backend import asnumpy
 from .data.transforms import to_model_input
 from .evaluate import coco_evaluate, detections_to_coco_results, summarize, write_coco_results
 
@@ -21,7 +21,8 @@ __all__ = ["evaluate_model", "predict_image", "read_image"]
 
 
 def _predict_sample(model, image_uint8):
-    xp = get_backend()
+    """Detections on one host image, computed where the model's parameters live, as host arrays."""
+    xp = model.array_module
     x = xp.asarray(to_model_input(image_uint8))[None]
     det = model.predict(x)
     return {k: asnumpy(v) for k, v in det.items()}

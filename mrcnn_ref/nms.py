@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import check_array
-from .backend import asnumpy, get_array_module
+from ._checks import check_array, reads_values
+from .backend import asnumpy, get_array_module, is_host
 
 __all__ = ["nms", "batched_nms"]
 
@@ -60,7 +60,7 @@ def _check_boxes_scores(boxes, scores, where):
         raise ValueError(f"{where}: scores must have one entry per box, got {scores.shape[0]} scores "
                          f"for {boxes.shape[0]} boxes")
     xp = get_array_module(boxes, scores)
-    if scores.size and bool(xp.isnan(scores).any()):
+    if scores.size and reads_values(scores) and bool(xp.isnan(scores).any()):
         raise ValueError(f"{where}: scores contains NaN values")
 
 
@@ -121,12 +121,9 @@ def _nms(boxes, scores, t, idxs, method, where, max_keep=None):
     n = boxes.shape[0]
     if n == 0 or max_keep == 0:
         return xp.zeros((0,), dtype=xp.int64)
-    # The selection is sequential and index-heavy: it runs on the host (CuPy inputs are copied
-    # there), in the boxes' own dtype so that IoUs round exactly as torchvision's; the indices
-    # are returned on the input's device.
-    b = asnumpy(boxes)
-    s = asnumpy(scores)
-    c = None if idxs is None else asnumpy(idxs)
+    # The selection is sequential and index-heavy: it runs on the host, in the boxes' own dtype
+    # so that IoUs round exactly as torchvision's; the indices are returned on the input's device.
+    b, s, c = _to_host(xp, boxes, scores, idxs)
     order = np.argsort(-s, kind="stable")
     b = b[order]
     c = None if c is None else c[order]
@@ -142,6 +139,19 @@ def _nms(boxes, scores, t, idxs, method, where, max_keep=None):
     else:   # with max_keep, "auto" is the greedy loop with its early exit (no hand-over)
         keep = _greedy(b, t, c, switch=(method == "auto" and max_keep is None), max_keep=max_keep)
     return xp.asarray(order[keep[:max_keep]].astype(np.int64))
+
+
+def _to_host(xp, boxes, scores, idxs):
+    """Host copies of boxes, scores and idxs: one device->host transfer for all three (packed
+    into float64 columns, exact for float32/float64 values and integers below 2**53)."""
+    if is_host(xp):
+        return boxes, scores, idxs
+    cols = [boxes.astype(xp.float64), scores.astype(xp.float64)[:, None]]
+    if idxs is not None:
+        cols.append(idxs.astype(xp.float64)[:, None])
+    host = asnumpy(xp.concatenate(cols, axis=1))
+    c = None if idxs is None else host[:, 5].astype(idxs.dtype)
+    return host[:, :4].astype(boxes.dtype), host[:, 4].astype(scores.dtype), c
 
 
 # Rough costs (seconds) used by method="auto" to decide when to hand over from the greedy loop

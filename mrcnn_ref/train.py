@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from ._io import write_json
-from .backend import get_backend
+from .backend import backend_name
 from .model.config import INFERENCE_KEYS, MaskRCNNConfig, load_config, with_inference_overrides
 from .nn.checkpoint import load_checkpoint, save_checkpoint
 from .nn.optim import SGD, AdamW, WarmupCosineLR, WarmupMultiStepLR, clip_grad_norm, global_grad_norm
@@ -314,7 +314,8 @@ def _save(path, model, optim, rcfg, seed, it, history, categories):
 
 
 def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = False,
-          iterations=None, progress: bool = True, log=print, keep_checkpoints: int = 3):
+          iterations=None, progress: bool = True, log=print, keep_checkpoints: int = 3,
+          backend=None):
     """Train Mask R-CNN; returns the loss history (a dict of lists, one entry per iteration).
 
     Writes ``out_dir/config.json``, ``out_dir/checkpoint_XXXXXX.npz`` every ``checkpoint_every``
@@ -323,6 +324,8 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
 
     ``resume=True`` continues from the newest checkpoint in ``out_dir`` (same seed → same losses
     as an uninterrupted run). ``iterations`` overrides the config's number of iterations.
+    ``backend`` ('numpy', 'cupy', 'emulated'; default: the default backend) holds the parameters,
+    gradients and optimizer state; the dataset stays on the host and each sample is moved once.
     """
     from .data.transforms import random_hflip  # noqa: PLC0415
     from .model.mask_rcnn import MaskRCNN  # noqa: PLC0415
@@ -347,12 +350,16 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
     categories = [{"label": int(lab), "id": int(cid),
                    "name": next((c["name"] for c in dataset.categories if c["id"] == cid), str(cid))}
                   for lab, cid in sorted(dataset.label_to_cat_id.items())]
-    model = MaskRCNN(rcfg.model, rng=np.random.default_rng(seed))
+    model = MaskRCNN(rcfg.model, rng=np.random.default_rng(seed), backend=backend)
+    xp = model.array_module
     n_proc = tcfg.workers
     if n_proc > 1:
-        if get_backend() is not np:
-            raise ValueError("train: workers > 1 needs the NumPy backend (on a GPU use workers = 1)")
-        if not can_fork():
+        if xp is not np:
+            # each image draws from its own generator, so one process gives the same step
+            log(f"train: the {n_proc} workers' images run in this process on the "
+                f"{backend_name(xp)} backend (helper processes are for the NumPy backend)")
+            n_proc = 1
+        elif not can_fork():
             log(f"train: this platform cannot fork; running the {n_proc} workers' images in one process")
             n_proc = 1
         else:
@@ -391,7 +398,6 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
 
     write_json({**rcfg.to_dict(), "seed": seed}, os.path.join(out_dir, "config.json"), indent=2)
 
-    xp = get_backend()
     n_img = tcfg.images_per_batch
 
     def compute(job):
@@ -537,8 +543,11 @@ def plot_loss_curves(history: dict, path: str, smooth: int = 25):
     return path
 
 
-def load_model(checkpoint_path):
-    """Rebuild a trained model from a checkpoint: returns ``(model, run_config, extra)``."""
+def load_model(checkpoint_path, backend=None):
+    """Rebuild a trained model from a checkpoint: returns ``(model, run_config, extra)``.
+
+    ``backend``: where the parameters go ('numpy', 'cupy', 'emulated'; default: the default
+    backend); a checkpoint holds host arrays and loads onto any of them."""
     from .model.mask_rcnn import MaskRCNN  # noqa: PLC0415
 
     path = os.fspath(checkpoint_path)
@@ -550,8 +559,8 @@ def load_model(checkpoint_path):
         raise ValueError(f"checkpoint {path!r} has no run config (was it written by mrcnn-ref train?)")
     rcfg = RunConfig(model=load_config(dict(cfg["model"])), train=_train_config_from_dict(dict(cfg["train"])),
                      name=cfg.get("name", "custom"))
-    model = MaskRCNN(rcfg.model, rng=np.random.default_rng(0))
-    model.load_parameters({k: get_backend().asarray(v) for k, v in ck["params"].items()})
+    model = MaskRCNN(rcfg.model, rng=np.random.default_rng(0), backend=backend)
+    model.load_parameters(ck["params"])
     return model, rcfg, ck["extra"] or {}
 
 
@@ -559,7 +568,7 @@ def load_model(checkpoint_path):
 BUNDLED_CHECKPOINT = os.path.join(os.path.dirname(__file__), "checkpoints", "shapes.npz")
 
 
-def load_bundled_model():
+def load_bundled_model(backend=None):
     """The shipped shapes checkpoint as ``(model, run_config, extra)``, or ``None`` if absent.
 
     The chapters use it to show real detections without training first; see README for the
@@ -567,7 +576,7 @@ def load_bundled_model():
     """
     if not os.path.isfile(BUNDLED_CHECKPOINT):
         return None
-    return load_model(BUNDLED_CHECKPOINT)
+    return load_model(BUNDLED_CHECKPOINT, backend=backend)
 
 
 def summarize_history(history: dict, max_points: int = 500) -> dict:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import check_array, check_positive_int, pair
+from .._checks import check_array, check_positive_int, pair, reads_values
 from ..backend import get_array_module
 
 _PASTE_CHUNK_VALUES = 1 << 24
@@ -67,7 +67,7 @@ def masks_to_boxes(masks):
 
 def _check_boxes(boxes, name, where):
     check_array(boxes, name, where, shape=(None, 4))
-    if boxes.size:
+    if boxes.size and reads_values(boxes):
         xp = get_array_module(boxes)
         b = boxes.astype(xp.float64)
         if not bool(xp.isfinite(b).all()):
@@ -250,7 +250,7 @@ def mask_targets_for_rois(gt_masks, matched_gt, rois, M=28, gt_boxes=None):
     dtype = rois.dtype if np.issubdtype(rois.dtype, np.floating) else xp.float32
     if r == 0:
         return xp.zeros((0, M, M), dtype=dtype)
-    if bool(((matched_gt < 0) | (matched_gt >= g)).any()):
+    if reads_values(matched_gt) and bool(((matched_gt < 0) | (matched_gt >= g)).any()):
         raise ValueError(f"{where}: matched_gt must index gt_masks (0..{g - 1}), got values out of range")
     boxes = rois.astype(dtype)
     if gt_boxes is not None:

@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import check_array
-from ..backend import argsort_descending, get_array_module
+from .._checks import check_array, reads_values
+from ..backend import argsort_descending, asnumpy, backend_name, get_array_module
 from ..nn.module import Module
 from .config import MaskRCNNConfig, load_config
 from .multilevel_roi import multilevel_roi_backward, multilevel_roi_forward
@@ -75,13 +75,16 @@ class MaskRCNN(Module):
     ``MaskRCNN(config, rng)``: config a :class:`MaskRCNNConfig` or preset name; rng a
     ``numpy.random.Generator`` (or seed) used to initialise the weights and, afterwards, to sample
     anchors and RoIs during training (pass ``rng=`` to :meth:`forward_train` to control sampling).
+    backend: where the parameters live ('numpy', 'cupy', 'emulated'; default: the default backend
+    of :mod:`mrcnn_ref.backend`). Weights are always drawn on the host, so a seed gives the same
+    model on every backend.
 
     Methods: :meth:`forward_train` → ``(losses dict, total)``; :meth:`backward` fills
     ``named_grads()``; :meth:`predict` → detections; plus ``named_parameters``, ``named_grads``,
     ``zero_grad``, ``load_parameters``, ``astype`` from :class:`~mrcnn_ref.nn.module.Module`.
     """
 
-    def __init__(self, config="shapes", rng=None, dtype=np.float32):
+    def __init__(self, config="shapes", rng=None, dtype=np.float32, backend=None):
         super().__init__()
         cfg = load_config(config)
         rng = np.random.default_rng(rng)
@@ -97,6 +100,7 @@ class MaskRCNN(Module):
         self._anchor_cache = {}
         self._train_cache = None
         self.last_proposals = None
+        self.to(backend_name() if backend is None else backend)
 
     # ------------------------------------------------------------------ helpers
     def _prepare_image(self, images, where):
@@ -179,7 +183,8 @@ class MaskRCNN(Module):
         if gt_labels.shape[0] != gt_boxes.shape[0]:
             raise ValueError(f"{where}: targets has {gt_boxes.shape[0]} boxes but "
                              f"{gt_labels.shape[0]} labels")
-        if gt_labels.size and (int(gt_labels.min()) < 1 or int(gt_labels.max()) >= cfg.num_classes):
+        if (gt_labels.size and reads_values(gt_labels)
+                and (int(gt_labels.min()) < 1 or int(gt_labels.max()) >= cfg.num_classes)):
             raise ValueError(f"{where}: target labels must lie in 1..{cfg.num_classes - 1}, got "
                              f"{int(gt_labels.min())}..{int(gt_labels.max())}")
         c = _Cache()
@@ -193,7 +198,7 @@ class MaskRCNN(Module):
         obj_levels, dlt_levels = self.rpn(feats)
         c.obj_shapes = [o.shape for o in obj_levels]
         obj, dlt = flatten_rpn_outputs(obj_levels, dlt_levels)     # (1, T), (1, T, 4)
-        if not (bool(xp.isfinite(obj).all()) and bool(xp.isfinite(dlt).all())):
+        if not bool(xp.isfinite(obj).all() & xp.isfinite(dlt).all()):     # one read
             # decoding inf deltas into proposals would fail deep inside; say what happened instead
             raise NonFiniteOutputs(f"{where}: the RPN produced NaN/inf objectness or box deltas "
                                    "(the weights have diverged)")
@@ -245,7 +250,8 @@ class MaskRCNN(Module):
         else:
             l_mask = xp.zeros((), dtype=dtype)
 
-        values = (l_obj, l_rpn_box, l_cls, l_box, l_mask)
+        values = asnumpy(xp.stack([xp.asarray(v, dtype=dtype) for v in
+                                   (l_obj, l_rpn_box, l_cls, l_box, l_mask)]))   # one read
         losses = {k: float(v) for k, v in zip(LOSS_NAMES, values)}
         total = float(sum(values))
         self._train_cache = c

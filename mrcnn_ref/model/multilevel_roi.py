@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from .._checks import check_array, check_positive_int
-from ..backend import get_array_module
+from ..backend import asnumpy, get_array_module
 
 __all__ = ["assign_fpn_levels", "get_roi_op", "multilevel_roi_forward", "multilevel_roi_backward"]
 
@@ -116,10 +116,12 @@ def multilevel_roi_forward(features, rois, output_size: int, strides=(4, 8, 16, 
     out = xp.zeros((n_rois, c, output_size, output_size), dtype=features[0].dtype)
     per_level = []  # (feature index, RoI indices, op cache) for levels that have RoIs
     rois = rois.astype(features[0].dtype, copy=False)
+    host_levels = asnumpy(levels)      # one read of the levels, not one per level
     for i, (feat, stride, lvl) in enumerate(zip(features, strides, level_ids)):
-        idx = xp.nonzero(levels == lvl)[0]
+        idx = np.flatnonzero(host_levels == lvl)
         if idx.size == 0:
             continue
+        idx = xp.asarray(idx)
         o, cache = fwd(feat, rois[idx], (output_size, output_size), 1.0 / stride,
                        **_op_kwargs(roi_op, sampling_ratio, aligned))
         out[idx] = o

@@ -148,9 +148,9 @@ def rpn_targets(anchors, gt_boxes, *, rng, fg_iou=0.7, bg_iou=0.3, batch_size=25
     xp = get_array_module(anchors)
     gt_boxes = gt_boxes.astype(anchors.dtype, copy=False)
     labels, matched = label_anchors(anchors, gt_boxes, pos_iou=fg_iou, neg_iou=bg_iou)
-    sampled_labels = sample_labels(labels, batch_size=batch_size, positive_fraction=positive_fraction,
-                                   rng=rng)
-    lab = asnumpy(sampled_labels)
+    # the sampling draws from a host generator: the labels are read once and sampled there
+    lab = sample_labels(asnumpy(labels), batch_size=batch_size, positive_fraction=positive_fraction,
+                        rng=rng)
     pos = np.nonzero(lab == 1)[0]
     neg = np.nonzero(lab == 0)[0]
     sampled = xp.asarray(np.concatenate([pos, neg]), dtype=xp.int64)

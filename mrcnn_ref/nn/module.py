@@ -198,9 +198,17 @@ class Module:
         return self
 
     def to(self, backend: str):
-        """Move every parameter and gradient to 'numpy' or 'cupy'. Returns ``self``."""
+        """Move every parameter and gradient to a backend ('numpy', 'cupy', 'emulated'; see
+        :mod:`mrcnn_ref.backend`). Build the optimizer afterwards. Returns ``self``."""
         self._map_arrays(lambda a: to_device(a, backend))
         return self
+
+    @property
+    def array_module(self):
+        """The array module (``xp``) the parameters live on (the default one if there are none)."""
+        for v in self.named_parameters().values():
+            return get_array_module(v)
+        return get_array_module()
 
     @property
     def dtype(self):

@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from ..backend import asnumpy, get_array_module
+from ..backend import asnumpy, get_array_module, is_host
 
 __all__ = ["SGD", "AdamW", "WarmupMultiStepLR", "WarmupCosineLR", "clip_grad_norm", "global_grad_norm",
            "default_no_decay"]
@@ -313,8 +313,15 @@ def global_grad_norm(grads: dict) -> float:
 
     Each ``||g_k||²`` is one BLAS dot product in the gradient's own dtype (no float64 copy of the
     gradients); a float32 dot that overflows is recomputed in float64, where the squares of
-    finite float32 values cannot overflow.
+    finite float32 values cannot overflow. On a device the parts are added there, in float64 and
+    in the same order, and read back once (the same number as on the host).
     """
+    xp = get_array_module(*grads.values())
+    if not is_host(xp):
+        parts = [xp.vdot(g.reshape(-1), g.reshape(-1)).astype(np.float64) for g in grads.values()]
+        sq = float(sum(parts))                                   # one device->host transfer
+        if math.isfinite(sq):
+            return math.sqrt(sq)
     sq = 0.0
     for g in grads.values():
         xp = get_array_module(g)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import check_array, check_same_shape
+from .._checks import check_array, check_same_shape, reads_values
 from ..backend import get_array_module
 
 __all__ = [
@@ -160,7 +160,7 @@ def softmax_cross_entropy_forward(logits, labels, weights=None, reduction="mean"
         raise TypeError(f"{where}: ignore_index must be an int, got {type(ignore_index).__name__}")
     xp = get_array_module(logits, labels)
     valid = labels != ignore_index
-    if n and not bool(xp.all(~valid | ((labels >= 0) & (labels < k)))):
+    if n and reads_values(labels) and not bool(xp.all(~valid | ((labels >= 0) & (labels < k)))):
         raise ValueError(f"{where}: labels must lie in [0, {k}) (or equal ignore_index={ignore_index}), "
                          f"got values in [{int(labels.min())}, {int(labels.max())}]")
     w = _check_weights(weights, logits, where, shape=(n,))
@@ -320,7 +320,7 @@ def bce_with_logits_forward(logits, targets, weights=None, reduction="mean", nor
     w = _check_weights(weights, logits, where)
     xp = get_array_module(logits, targets)
     t = targets.astype(logits.dtype, copy=False)
-    if t.size and not bool(xp.all((t >= 0) & (t <= 1))):
+    if t.size and reads_values(t) and not bool(xp.all((t >= 0) & (t <= 1))):
         raise ValueError(f"{where}: targets must lie in [0, 1]")
 
     per = _bce_elementwise(logits, t, xp)
@@ -363,11 +363,11 @@ def _check_mask_args(mask_logits, labels, mask_targets, where):
         raise TypeError(f"{where}: mask_targets must be a float, bool or integer array, "
                         f"got {mask_targets.dtype}")
     xp = get_array_module(mask_logits, labels, mask_targets)
-    if r and not bool(xp.all((labels >= 0) & (labels < k))):
+    if r and reads_values(labels) and not bool(xp.all((labels >= 0) & (labels < k))):
         raise ValueError(f"{where}: labels must lie in [0, K) = [0, {k}) (they index the channels of "
                          f"mask_logits), got values in [{int(labels.min())}, {int(labels.max())}]")
     t = mask_targets.astype(mask_logits.dtype, copy=False)
-    if t.size and not bool(xp.all((t >= 0) & (t <= 1))):
+    if t.size and reads_values(t) and not bool(xp.all((t >= 0) & (t <= 1))):
         raise ValueError(f"{where}: mask_targets must lie in [0, 1]")
     return xp, t
 

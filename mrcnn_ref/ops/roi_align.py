@@ -45,8 +45,8 @@ import math
 
 import numpy as np
 
-from .._checks import check_array, pair
-from ..backend import asnumpy, get_array_module, scatter_add
+from .._checks import check_array, pair, reads_values
+from ..backend import asnumpy, get_array_module, is_host, scatter_add
 
 __all__ = [
     "roi_align", "roi_align_forward", "roi_align_backward",
@@ -102,7 +102,7 @@ def _check_roi_args(input, boxes, output_size, spatial_scale, where):
     spatial_scale = float(spatial_scale)
     if not (math.isfinite(spatial_scale) and spatial_scale > 0):
         raise ValueError(f"{where}: spatial_scale must be a finite number > 0, got {spatial_scale}")
-    if rois.shape[0]:
+    if rois.shape[0] and reads_values(rois):
         bidx = rois[:, 0]
         if not bool(xp.all(bidx == xp.floor(bidx))):
             raise ValueError(f"{where}: boxes[:, 0] (batch index) must hold integral values")
@@ -125,10 +125,11 @@ def _check_sampling(sampling_ratio, aligned, where):
 # ----------------------------------------------------------------------------------------------
 # sample points and separable weight matrices
 # ----------------------------------------------------------------------------------------------
-def axis_sample_points(start, size, n_bins: int, sampling_ratio: int, xp=np):
+def axis_sample_points(start, size, n_bins: int, sampling_ratio: int, xp=np, g_max=None):
     """Sample coordinates along one axis.
 
     start, size: (K,) RoI start and extent (already scaled, offset, and size-clamped).
+    g_max: the largest grid, if the caller knows it (adaptive sampling reads it otherwise).
     Returns ``(coords (K, n_bins, G), grid (K,) int)``: ``coords[k, p, i]`` is sample ``i`` of bin
     ``p``; only ``i < grid[k]`` are real samples (G = max grid; padded entries are meaningless).
     """
@@ -137,8 +138,10 @@ def axis_sample_points(start, size, n_bins: int, sampling_ratio: int, xp=np):
         grid = xp.full(start.shape, sampling_ratio, dtype=np.int64)
     else:
         grid = xp.ceil(size / n_bins).astype(np.int64)
-    g_max = int(grid.max()) if grid.size else 1
-    g_max = max(g_max, 1)
+    if sampling_ratio > 0:
+        g_max = sampling_ratio
+    elif g_max is None:   # adaptive: the largest grid is read back (a device->host transfer)
+        g_max = max(int(grid.max()) if grid.size else 1, 1)
     safe = xp.maximum(grid, 1).astype(start.dtype)
     p = xp.arange(n_bins, dtype=start.dtype)
     i = xp.arange(g_max, dtype=start.dtype)
@@ -206,20 +209,22 @@ def _window_matrices(coords, grid, length, per_sample, xp, dtype, full=False):
     if K == 0:
         z = xp.zeros(0, dtype=np.int64)
         return xp.zeros((0, R, 1), dtype=dtype), z, z
-    # window: the map indices touched by samples with nonzero weight (index 0 when none)
-    big = np.iinfo(np.int64).max
-    tl, th = wl != 0, wh != 0
-    lo = xp.minimum(xp.where(tl, low, big).reshape(K, -1).min(axis=1),
-                    xp.where(th, high, big).reshape(K, -1).min(axis=1))
-    hi = xp.maximum(xp.where(tl, low, -1).reshape(K, -1).max(axis=1),
-                    xp.where(th, high, -1).reshape(K, -1).max(axis=1))
-    empty = hi < 0
-    origin = xp.where(empty, 0, lo)
-    extent = xp.where(empty, 1, hi - origin + 1)
-    if full:  # whole-axis matrices (the dense path)
-        origin = xp.zeros_like(origin)
-        extent = xp.full_like(extent, length)
-    S = int(extent.max())
+    if full:  # whole-axis matrices (the dense path): the size is known without reading anything
+        origin = xp.zeros(K, dtype=np.int64)
+        extent = xp.full(K, length, dtype=np.int64)
+        S = length
+    else:
+        # window: the map indices touched by samples with nonzero weight (index 0 when none)
+        big = np.iinfo(np.int64).max
+        tl, th = wl != 0, wh != 0
+        lo = xp.minimum(xp.where(tl, low, big).reshape(K, -1).min(axis=1),
+                        xp.where(th, high, big).reshape(K, -1).min(axis=1))
+        hi = xp.maximum(xp.where(tl, low, -1).reshape(K, -1).max(axis=1),
+                        xp.where(th, high, -1).reshape(K, -1).max(axis=1))
+        empty = hi < 0
+        origin = xp.where(empty, 0, lo)
+        extent = xp.where(empty, 1, hi - origin + 1)
+        S = int(extent.max())
     if per_sample:
         rows = xp.arange(R).reshape(1, P, G)
     else:
@@ -228,9 +233,11 @@ def _window_matrices(coords, grid, length, per_sample, xp, dtype, full=False):
     idx = xp.concatenate([(base + low - origin[:, None, None]).ravel(),
                           (base + high - origin[:, None, None]).ravel()])
     vals = xp.concatenate([wl.ravel(), wh.ravel()])
-    keep = vals != 0
+    if is_host(xp):     # fewer entries to add; on a device the zeros are added instead (no read-back)
+        keep = vals != 0
+        idx, vals = idx[keep], vals[keep]
     A = xp.zeros(K * R * S, dtype=dtype)
-    scatter_add(A, idx[keep], vals[keep])
+    scatter_add(A, idx, vals)
     return A.reshape(K, R, S), origin, extent
 
 
@@ -379,7 +386,40 @@ def _dense_backward(dout, input_shape, b, Ay, Ax):
     return xp.ascontiguousarray(gw.transpose(0, 2, 3, 1))
 
 
-# Which path: "auto" (cost model), "dense" or "window" (tests force each one).
+def _device_forward(input, b, Ay, Ax):
+    """The path on a device: ``out[k] = Ay[k] @ F[b_k] @ Ax[k].T`` with whole-axis Ay (K, R, H),
+    Ax (K, Q, W) as two batched matrix products per image, RoIs of other images weighted 0.
+
+    No shape depends on the data, so nothing is read back to the host (the host paths choose
+    windows, bands and chunks from the RoIs' extents). Memory: a (K, C, R, W) temporary.
+    """
+    xp = get_array_module(input)
+    N = input.shape[0]
+    out = 0
+    for n in range(N):
+        ay = Ay if N == 1 else Ay * (b == n).astype(Ay.dtype)[:, None, None]
+        t = xp.matmul(ay[:, None], input[n][None])                    # (K, C, R, W)
+        out = out + xp.matmul(t, Ax.transpose(0, 2, 1)[:, None])      # (K, C, R, Q)
+    return out
+
+
+def _device_backward(dout, input_shape, b, Ay, Ax):
+    """Transpose of :func:`_device_forward`: ``dF[n] = sum_k Ay[k].T @ dout[k] @ Ax[k]``, the sum
+    over RoIs and bin rows as one matrix product ``(H, K*R) @ (K*R, C*W)`` per image."""
+    xp = get_array_module(dout)
+    N, C, H, W = input_shape
+    K, R, _ = Ay.shape
+    t = xp.matmul(dout, Ax[:, None])                                  # (K, C, R, W)
+    t = t.transpose(0, 2, 1, 3).reshape(K * R, C * W)
+    grads = []
+    for n in range(N):
+        ay = Ay if N == 1 else Ay * (b == n).astype(Ay.dtype)[:, None, None]
+        g = xp.matmul(ay.reshape(K * R, H).T, t)                     # (H, C*W)
+        grads.append(g.reshape(H, C, W).transpose(1, 0, 2))
+    return xp.stack(grads)
+
+
+# Which path on the host: "auto" (cost model), "dense" or "window" (tests force each one).
 ROI_ALIGN_PATH = "auto"
 
 
@@ -429,13 +469,20 @@ def _align_core_forward(input, rois, ph, pw, y_start, y_size, x_start, x_size, s
     N, C, H, W = input.shape
     K = rois.shape[0]
     b = rois[:, 0].astype(np.int64)
-    cy, gy = axis_sample_points(y_start, y_size, ph, sampling_ratio, xp)
-    cx, gx = axis_sample_points(x_start, x_size, pw, sampling_ratio, xp)
+    gy_max = gx_max = None
+    if sampling_ratio <= 0 and K:      # adaptive grids: both axes' largest in one read
+        gy_max, gx_max = (max(int(g), 1) for g in asnumpy(xp.stack(
+            [xp.ceil(y_size / ph).max(), xp.ceil(x_size / pw).max()]).astype(np.int64)))
+    cy, gy = axis_sample_points(y_start, y_size, ph, sampling_ratio, xp, gy_max)
+    cx, gx = axis_sample_points(x_start, x_size, pw, sampling_ratio, xp, gx_max)
     per_sample = mode == "max"
-    dense = _use_dense(cy, cx, H, W, K)
+    on_host = is_host(xp)
+    dense = _use_dense(cy, cx, H, W, K) if on_host else True
     Ay, oy, ey = _window_matrices(cy, gy, H, per_sample, xp, input.dtype, full=dense)
     Ax, ox, ex = _window_matrices(cx, gx, W, per_sample, xp, input.dtype, full=dense)
-    if dense:
+    if not on_host:
+        vals, chunks = _device_forward(input, b, Ay, Ax), "device"
+    elif dense:
         vals, chunks = _dense_forward(input, b, Ay, Ax), None
     else:
         vals, chunks = _separable_forward(input, b, Ay, oy, ey, Ax, ox, ex)
@@ -463,6 +510,8 @@ def _align_core_backward(dout, cache):
         onehot = xp.arange(Gy * Gx) == arg[..., None]
         dv = xp.where(onehot & has[..., None], dout[..., None], 0).astype(dout.dtype)
         dout = dv.reshape(K, C, ph, pw, Gy, Gx).transpose(0, 1, 2, 4, 3, 5).reshape(K, C, ph * Gy, pw * Gx)
+    if isinstance(chunks, str):
+        return _device_backward(dout, shape, b, Ay, Ax)
     if chunks is None:
         return _dense_backward(dout, shape, b, Ay, Ax)
     return _separable_backward(dout, shape, b, Ay, oy, ey, Ax, ox, ex, chunks)

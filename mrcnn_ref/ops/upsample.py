@@ -46,14 +46,16 @@ def upsample_nearest2d_forward(x, scale_factor=2, size=None):
         s = check_positive_int(scale_factor, "scale_factor", where)
         return _blocks(x, s, s), ("blocks", x.shape, (s, s))
     h2, w2 = pair(size, "size", where)
-    ih = nearest_source_index(h, h2, xp)
-    iw = nearest_source_index(w, w2, xp)
+    # the source indices depend on the sizes only: computed on the host, moved once if needed
+    ih = nearest_source_index(h, h2, np)
+    iw = nearest_source_index(w, w2, np)
     if h2 % h == 0 and w2 % w == 0:
         # an integer ratio (the usual FPN case): every pixel becomes an sh x sw block, when the
         # indices say so (they do; checked rather than assumed, it costs O(H2 + W2))
         sh, sw = h2 // h, w2 // w
-        if bool((ih == xp.arange(h2) // sh).all()) and bool((iw == xp.arange(w2) // sw).all()):
+        if (ih == np.arange(h2) // sh).all() and (iw == np.arange(w2) // sw).all():
             return _blocks(x, sh, sw), ("blocks", x.shape, (sh, sw))
+    ih, iw = xp.asarray(ih), xp.asarray(iw)
     out = x[:, :, ih[:, None], iw[None, :]]
     return out, ("gather", x.shape, (ih, iw))
 
