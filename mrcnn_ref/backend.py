@@ -89,9 +89,9 @@ def _load_cupy():
 
 
 def _load_emulated():
-    from . import emulated  # noqa: PLC0415 - imported only when asked for
+    from . import emulated  # noqa: PLC0415, F401 - registers itself; imported only when asked for
 
-    return register_backend("emulated", emulated.xp, emulated.EmulatedArray, lambda a: a.get())
+    return _REGISTRY["emulated"]
 
 
 _LOADERS = {"cupy": _load_cupy, "emulated": _load_emulated}

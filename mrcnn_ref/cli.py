@@ -163,19 +163,16 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from .backend import set_backend  # noqa: PLC0415
+    from .backend import backend_name, get_backend, set_backend  # noqa: PLC0415
     from .memory import retain_freed_memory  # noqa: PLC0415
     from .train import TrainingDiverged  # noqa: PLC0415
 
     retain_freed_memory()   # reuse freed temporaries instead of page-faulting them back (memory.py)
-    if args.backend is not None:
-        try:
-            set_backend(args.backend)
-        except ValueError as e:
-            print(f"mrcnn-ref {args.command}: error: {e}", file=sys.stderr)
-            return 2
     handler = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict}[args.command]
+    previous = get_backend()
     try:
+        if args.backend is not None:
+            set_backend(args.backend)      # the default for arrays made without an input (images)
         return handler(args)
     except (ValueError, TypeError, TrainingDiverged, FileNotFoundError) as e:
         if os.environ.get("MRCNN_REF_DEBUG"):
@@ -185,6 +182,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"mrcnn-ref {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        set_backend(backend_name(previous))
 
 
 if __name__ == "__main__":

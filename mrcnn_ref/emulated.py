@@ -34,6 +34,8 @@ import types
 
 import numpy as np
 
+from . import backend as _backend
+
 __all__ = ["EmulatedArray", "xp", "asnumpy", "count_syncs", "SyncCount", "sync_total"]
 
 _THIS = os.path.abspath(__file__)
@@ -297,6 +299,8 @@ class EmulatedArray:
 
     # ---- methods: NumPy's, on the buffer, device arrays in and out
     def __getattr__(self, name):
+        if name.startswith("__"):   # no __array_interface__ & co.: NumPy must not see the buffer
+            raise AttributeError(name)
         attr = getattr(self._a, name)
         if not callable(attr):
             return _wrap(attr)
@@ -414,6 +418,14 @@ def _repeat(a, repeats, axis=None):
     return _wrap(np.repeat(_unwrap(a), repeats, axis=axis))
 
 
+def _asarray(a, dtype=None, copy=None, order=None):
+    """``xp.asarray``: host data is copied to the "device" (never a view of host memory)."""
+    if isinstance(a, EmulatedArray):
+        out = np.asarray(a._a, dtype=dtype, order=order)
+        return EmulatedArray(out.copy() if copy else out)
+    return EmulatedArray(np.array(_unwrap(a, host_ok=True), dtype=dtype, order=order, copy=True))
+
+
 def _asnumpy(a):
     if isinstance(a, EmulatedArray):
         return a.get()
@@ -451,6 +463,7 @@ class _Namespace(types.ModuleType):
 xp = _Namespace("mrcnn_ref.emulated.xp", np, {
     "ndarray": EmulatedArray,
     "asnumpy": _asnumpy,
+    "asarray": _asarray,
     "sort": _stable(np.sort),
     "argsort": _stable(np.argsort),
     "repeat": _repeat,
@@ -458,3 +471,6 @@ xp = _Namespace("mrcnn_ref.emulated.xp", np, {
 
 #: Copy a device array to the host (one counted transfer); NumPy input is returned as it is.
 asnumpy = _asnumpy
+
+# importing this module makes the backend known to mrcnn_ref.backend
+_backend.register_backend("emulated", xp, EmulatedArray, lambda a: a.get())
