@@ -336,21 +336,22 @@ class EmulatedArray:
     __or__, __ror__, __ior__ = _binary(np.bitwise_or), _rbinary(np.bitwise_or), _inplace(np.bitwise_or)
     __xor__, __rxor__, __ixor__ = _binary(np.bitwise_xor), _rbinary(np.bitwise_xor), _inplace(np.bitwise_xor)
     __lshift__, __rshift__ = _binary(np.left_shift), _binary(np.right_shift)
+    __rlshift__, __rrshift__ = _rbinary(np.left_shift), _rbinary(np.right_shift)
     __lt__, __le__, __gt__, __ge__ = _binary(np.less), _binary(np.less_equal), _binary(np.greater), \
         _binary(np.greater_equal)
     __eq__, __ne__ = _binary(np.equal), _binary(np.not_equal)
 
     def __neg__(self):
-        return EmulatedArray(-self._a)
+        return _wrap(-self._a)
 
     def __pos__(self):
-        return EmulatedArray(+self._a)
+        return _wrap(+self._a)
 
     def __abs__(self):
-        return EmulatedArray(abs(self._a))
+        return _wrap(abs(self._a))
 
     def __invert__(self):
-        return EmulatedArray(~self._a)
+        return _wrap(~self._a)
 
 
 # ----------------------------------------------------------------------------------------------

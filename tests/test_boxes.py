@@ -208,38 +208,6 @@ def test_box_coder_matches_torchvision(g, p, weights, k, seed):
     np.testing.assert_allclose(decode_boxes(d, p, weights), ref, rtol=1e-10, atol=1e-9)
 
 
-# ---------------------------------------------------------------- CuPy (skipped without a GPU)
-
-@pytest.mark.gpu
-def test_cupy_matches_numpy():
-    cp = pytest.importorskip("cupy")
-    from mrcnn_ref.anchors import generate_anchors, grid_anchors, label_anchors
-    from mrcnn_ref.nms import batched_nms, nms
-    a, b = make_boxes(50, 0, min_wh=1.0), make_boxes(30, 1, min_wh=1.0)
-    ga, gb = cp.asarray(a), cp.asarray(b)
-    np.testing.assert_allclose(cp.asnumpy(box_iou(ga, gb)), box_iou(a, b), rtol=1e-12)
-    np.testing.assert_array_equal(cp.asnumpy(clip_boxes(ga, (60, 70))), clip_boxes(a, (60, 70)))
-    d = encode_boxes(b, a[:30], HEAD_BOX_WEIGHTS)
-    np.testing.assert_allclose(cp.asnumpy(encode_boxes(gb, ga[:30], HEAD_BOX_WEIGHTS)), d, rtol=1e-12)
-    np.testing.assert_allclose(cp.asnumpy(decode_boxes(cp.asarray(d), ga[:30], HEAD_BOX_WEIGHTS)),
-                               decode_boxes(d, a[:30], HEAD_BOX_WEIGHTS), rtol=1e-12)
-    s = np.random.default_rng(0).random(50)
-    keep = nms(ga, cp.asarray(s), 0.5)
-    assert isinstance(keep, cp.ndarray)
-    np.testing.assert_array_equal(cp.asnumpy(keep), nms(a, s, 0.5))
-    c = np.arange(50) % 3
-    np.testing.assert_array_equal(cp.asnumpy(batched_nms(ga, cp.asarray(s), cp.asarray(c), 0.5)),
-                                  batched_nms(a, s, c, 0.5))
-    base = generate_anchors([8, 16], [0.5, 1, 2], dtype=np.float64)
-    anchors = grid_anchors(base, (6, 6), 8)
-    ganchors = grid_anchors(cp.asarray(base), (6, 6), 8)
-    np.testing.assert_allclose(cp.asnumpy(ganchors), anchors)
-    lab, m = label_anchors(anchors, b[:3])
-    glab, gm = label_anchors(ganchors, gb[:3])
-    np.testing.assert_array_equal(cp.asnumpy(glab), lab)
-    np.testing.assert_array_equal(cp.asnumpy(gm), m)
-
-
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 20))
 def test_hflip_boxes_is_an_involution_and_matches_flipped_masks(seed, n):
     from mrcnn_ref.boxes import hflip_boxes

@@ -117,3 +117,11 @@ def test_backend_registry_names_and_moves():
     np.testing.assert_array_equal(backend.to_device(d, "numpy"), h)
     with pytest.raises(ValueError, match="unknown backend"):
         backend.to_device(h, "tpu")
+
+
+def test_operators_on_0d_arrays_and_reflected_shifts():
+    z = ex.sum(ex.ones(3))
+    for r in (-z, +z, abs(z), ~(z > 0), 1 << ex.asarray(np.array([1, 2])), 8 >> ex.asarray(np.array(1))):
+        assert isinstance(r, EmulatedArray)
+    assert float(-z) == -3.0
+    np.testing.assert_array_equal((1 << ex.asarray(np.array([1, 2]))).get(), [2, 4])

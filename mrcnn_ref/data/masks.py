@@ -61,8 +61,7 @@ def masks_to_boxes(masks):
     x1 = xp.argmax(cols, axis=1)
     x2 = w - xp.argmax(cols[:, ::-1], axis=1)
     boxes = xp.stack([x1, y1, x2, y2], axis=1).astype(xp.float32)
-    boxes[~nonempty] = 0
-    return boxes
+    return xp.where(nonempty[:, None], boxes, xp.float32(0))   # not a mask write: no read-back
 
 
 def _check_boxes(boxes, name, where):
