@@ -206,9 +206,9 @@ def _window_matrices(coords, grid, length, per_sample, xp, dtype, full=False):
         wl = wl * inv[:, None, None]
         wh = wh * inv[:, None, None]
     R = P * G if per_sample else P
-    if K == 0:
+    if K == 0:   # no RoIs: whole-axis width when full (the device path multiplies by the map)
         z = xp.zeros(0, dtype=np.int64)
-        return xp.zeros((0, R, 1), dtype=dtype), z, z
+        return xp.zeros((0, R, length if full else 1), dtype=dtype), z, z
     if full:  # whole-axis matrices (the dense path): the size is known without reading anything
         origin = xp.zeros(K, dtype=np.int64)
         extent = xp.full(K, length, dtype=np.int64)
