@@ -45,7 +45,9 @@ def main():
 
     from mrcnn_ref.memory import retain_freed_memory  # noqa: PLC0415
     from mrcnn_ref.nn.optim import SGD, AdamW  # noqa: PLC0415
-    from mrcnn_ref.train import build_dataset, load_model, sample_forward_backward  # noqa: PLC0415
+    from mrcnn_ref.model_io import load_model  # noqa: PLC0415
+    from mrcnn_ref.run_config import build_dataset  # noqa: PLC0415
+    from mrcnn_ref.train import sample_forward_backward  # noqa: PLC0415
 
     retain_freed_memory()
     model, rc, _ = load_model(args.checkpoint)

@@ -32,7 +32,9 @@ from mrcnn_ref.inference import predict_image  # noqa: E402
 from mrcnn_ref.emulated import count_syncs  # noqa: E402
 from mrcnn_ref.model.config import with_inference_overrides  # noqa: E402
 from mrcnn_ref.nn.optim import AdamW, clip_grad_norm, global_grad_norm  # noqa: E402
-from mrcnn_ref.train import BUNDLED_CHECKPOINT, build_dataset, load_model, sample_forward_backward  # noqa: E402
+from mrcnn_ref.model_io import BUNDLED_CHECKPOINT, load_model  # noqa: E402
+from mrcnn_ref.run_config import build_dataset  # noqa: E402
+from mrcnn_ref.train import sample_forward_backward  # noqa: E402
 
 BUDGETS = {"train_step": 30, "predict_plain": 40}
 #: The test-time refinements, all off: the paper's plain inference.

@@ -94,10 +94,18 @@ class _Version:
     def __init__(self, pkg, checkpoint, n_images):
         import importlib  # noqa: PLC0415
 
-        self.train = importlib.import_module(f"{pkg}.train")
+        def find(name, *modules):   # where this version of the package keeps ``name``
+            for m in modules:
+                try:
+                    return getattr(importlib.import_module(f"{pkg}.{m}"), name)
+                except (ImportError, AttributeError):
+                    continue
+            raise ImportError(f"{pkg} has no {name}")
+
         self.transforms = importlib.import_module(f"{pkg}.data.transforms")
-        self.model, rc, _ = self.train.load_model(_for_package(pkg, checkpoint))
-        ds = self.train.build_dataset(rc.train, "train", n_images)
+        load_model = find("load_model", "model_io", "train")
+        self.model, rc, _ = load_model(_for_package(pkg, checkpoint))
+        ds = find("build_dataset", "run_config", "train")(rc.train, "train", n_images)
         self.samples = [ds[i] for i in range(n_images)]
         # as training calls it: without the image gradient, where the revision knows the option
         self.backward_kw = ({"image_grad": False}
@@ -109,8 +117,8 @@ class _Version:
         s = self.samples[i % len(self.samples)]
         self.model.zero_grad()
         x = self.transforms.to_model_input(s)[None]
-        _, total = self.model.forward_train(x, self.train._sample_targets(s, np),
-                                            rng=np.random.default_rng(i))
+        targets = {k: np.asarray(s[k]) for k in ("boxes", "labels", "masks")}
+        _, total = self.model.forward_train(x, targets, rng=np.random.default_rng(i))
         self.model.backward(**self.backward_kw)
         return total
 

@@ -62,7 +62,8 @@ from mrcnn_ref.model.rpn import (RPNHead, flatten_rpn_outputs, generate_proposal
                                  rpn_targets, unflatten_rpn_grads)
 from mrcnn_ref.nms import batched_nms
 from mrcnn_ref.ops.losses import sigmoid
-from mrcnn_ref.train import build_dataset, bundled_or_trained_model
+from mrcnn_ref.model_io import bundled_or_trained_model
+from mrcnn_ref.run_config import build_dataset
 
 SMOKE = os.environ.get("MRCNN_REF_SMOKE") == "1"
 LEVELS = ["P2", "P3", "P4", "P5", "P6"]

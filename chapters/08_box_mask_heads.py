@@ -54,7 +54,8 @@ from mrcnn_ref.model.targets import match_proposals, proposal_targets, sample_ro
 from mrcnn_ref.ops.losses import (mask_loss_backward, mask_loss_forward, mask_loss_softmax_backward,
                                   mask_loss_softmax_forward, sigmoid)
 from mrcnn_ref.ops.roi_align import roi_align
-from mrcnn_ref.train import build_dataset, bundled_or_trained_model
+from mrcnn_ref.model_io import bundled_or_trained_model
+from mrcnn_ref.run_config import build_dataset
 
 SMOKE = os.environ.get("MRCNN_REF_SMOKE") == "1"
 print("smoke mode:", SMOKE)

@@ -51,9 +51,10 @@ from mrcnn_ref.inference import predict_image
 from mrcnn_ref.model.mask_rcnn import MaskRCNN
 from mrcnn_ref.nn.checkpoint import load_checkpoint
 from mrcnn_ref.nn.optim import SGD, AdamW, WarmupCosineLR, _warmup_factor, clip_grad_norm, default_no_decay
-from mrcnn_ref.train import (BUNDLED_CHECKPOINT, LOSS_KEYS, RUN_PRESETS, TrainingDiverged, _schedule,
-                             bundled_or_trained_model, export_model, load_bundled_model, load_model,
-                             load_run_config, sample_forward_backward, summarize_history, train)
+from mrcnn_ref.model_io import (BUNDLED_CHECKPOINT, bundled_or_trained_model, export_model,
+                                load_bundled_model, load_model, summarize_history)
+from mrcnn_ref.run_config import RUN_PRESETS, load_run_config
+from mrcnn_ref.train import LOSS_KEYS, TrainingDiverged, lr_schedule, sample_forward_backward, train
 from mrcnn_ref.visualize import draw_detections
 
 SMOKE = os.environ.get("MRCNN_REF_SMOKE") == "1"
@@ -167,13 +168,13 @@ print(tcfg)
 # finished model was worse. AdamW kept the same 1,000-step warm-up.
 
 # %%
-print(inspect.getsource(_schedule))
+print(inspect.getsource(lr_schedule))
 print(inspect.getsource(_warmup_factor))
 print(inspect.getsource(WarmupCosineLR))
 
 # %%
-cosine = _schedule(tcfg)
-step = _schedule(dataclasses.replace(tcfg, lr_schedule="step"))
+cosine = lr_schedule(tcfg)
+step = lr_schedule(dataclasses.replace(tcfg, lr_schedule="step"))
 its = np.arange(tcfg.iterations)
 lr_cos = np.array([cosine(i) for i in its])
 lr_step = np.array([step(i) for i in its])
@@ -564,7 +565,7 @@ for k in (*LOSS_KEYS, "total", "lr", "seconds"):
 np.testing.assert_allclose(live["total"], np.sum([live[k] for k in LOSS_KEYS], axis=0), rtol=1e-9)
 live_cfg = load_run_config({"preset": "tiny", "train": {"iterations": LIVE_ITERS,
                                                         "checkpoint_every": LIVE_ITERS}})
-np.testing.assert_allclose(live["lr"], [_schedule(live_cfg.train)(i) for i in range(LIVE_ITERS)], rtol=1e-12)
+np.testing.assert_allclose(live["lr"], [lr_schedule(live_cfg.train)(i) for i in range(LIVE_ITERS)], rtol=1e-12)
 n_win = min(20, LIVE_ITERS // 2)
 first, last = np.mean(live["total"][:n_win]), np.mean(live["total"][-n_win:])
 print(f"mean total loss: first {n_win} iterations {first:.3f}, last {n_win} {last:.3f}")
@@ -770,7 +771,7 @@ print("all checks passed")
 #   `mrcnn_ref/checkpoints/shapes.npz`, with the history reduced by `summarize_history`:
 #
 # ```
-# python -c "from mrcnn_ref.train import export_model; export_model('runs/shapes/model.npz', 'mrcnn_ref/checkpoints/shapes.npz')"
+# python -c "from mrcnn_ref.model_io import export_model; export_model('runs/shapes/model.npz', 'mrcnn_ref/checkpoints/shapes.npz')"
 # ```
 
 # %%

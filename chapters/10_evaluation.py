@@ -53,7 +53,7 @@ from mrcnn_ref.data.shapes import CATEGORIES, ShapesDataset
 from mrcnn_ref.evaluate import (box_iou_xywh, coco_evaluate, detections_to_coco_results, mask_iou,
                                 summarize, write_coco_results)
 from mrcnn_ref.inference import evaluate_model, predict_image
-from mrcnn_ref.train import bundled_or_trained_model
+from mrcnn_ref.model_io import bundled_or_trained_model
 from mrcnn_ref.visualize import draw_detections
 
 SMOKE = os.environ.get("MRCNN_REF_SMOKE") == "1"

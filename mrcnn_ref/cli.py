@@ -87,7 +87,7 @@ def _add_set_option(p):
 def _load_for_inference(args):
     """``load_model`` plus the ``--set`` overrides."""
     from .model.config import with_inference_overrides  # noqa: PLC0415
-    from .train import load_model  # noqa: PLC0415
+    from .model_io import load_model  # noqa: PLC0415
 
     model, rcfg, extra = load_model(args.checkpoint, backend=args.backend)
     if args.set:
@@ -113,7 +113,7 @@ def _cmd_train(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from .inference import evaluate_model  # noqa: PLC0415
-    from .train import build_dataset  # noqa: PLC0415
+    from .run_config import build_dataset  # noqa: PLC0415
 
     model, rcfg, extra = _load_for_inference(args)
     if args.coco_annotations or args.coco_images:

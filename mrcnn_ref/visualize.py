@@ -1,11 +1,13 @@
-"""Pictures: detections (masks, boxes, labels, scores) drawn over an image."""
+"""Pictures: detections (masks, boxes, labels, scores) drawn over an image; loss curves."""
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from .backend import asnumpy
+from .model.mask_rcnn import LOSS_NAMES
 
-__all__ = ["draw_detections", "save_detections", "overlay_masks", "PALETTE"]
+__all__ = ["draw_detections", "save_detections", "overlay_masks", "plot_loss_curves", "PALETTE"]
 
 # distinct colours (RGB in [0, 1]) for instances
 PALETTE = np.array([
@@ -81,6 +83,32 @@ def save_detections(path, image, det: dict, class_names=None, title=None):
     ax = fig.subplots()
     draw_detections(image, det["boxes"], det.get("labels"), det.get("scores"), det.get("masks"),
                     class_names=class_names, ax=ax, title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def plot_loss_curves(history: dict, path: str, smooth: int = 25):
+    """Save a PNG with each loss (moving average over ``smooth`` iterations) and the total.
+
+    Draws on a standalone :class:`matplotlib.figure.Figure` (no pyplot), so it neither switches
+    the global backend nor leaves a figure open — a notebook keeps showing its own plots."""
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
+    for k in (*LOSS_NAMES, "total"):
+        v = np.asarray(history.get(k, []), dtype=float)
+        if v.size == 0:
+            continue
+        w = max(1, min(smooth, v.size))
+        avg = np.convolve(v, np.ones(w) / w, mode="valid")
+        ax = axes[1] if k == "total" else axes[0]
+        ax.plot(np.arange(w - 1, v.size), avg, label=k)
+    for ax, title in zip(axes, ("losses", "total loss")):
+        ax.set_yscale("log")
+        ax.set_xlabel("iteration")
+        ax.set_title(f"{title} (moving average over {smooth})")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path

@@ -73,7 +73,7 @@ def test_train_evaluate_predict_roundtrip(tmp_path, capsys):
       "{tmp}/a.json", "--coco-images", "{tmp}"], "annotation file not found"),
 ])
 def test_user_errors_are_one_line_exit_2(tmp_path, capsys, argv, needle):
-    from mrcnn_ref.train import BUNDLED_CHECKPOINT
+    from mrcnn_ref.model_io import BUNDLED_CHECKPOINT
 
     argv = [a.replace("{tmp}", str(tmp_path)).replace("{bundled}", BUNDLED_CHECKPOINT) for a in argv]
     assert main(argv) == 2

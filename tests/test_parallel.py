@@ -9,7 +9,8 @@ import pytest
 from mrcnn_ref.nn.layers import Linear
 from mrcnn_ref.nn.optim import SGD
 from mrcnn_ref.parallel import GradientWorkers, can_fork, share_parameters
-from mrcnn_ref.train import load_run_config, train
+from mrcnn_ref.run_config import load_run_config
+from mrcnn_ref.train import train
 
 pytestmark = pytest.mark.skipif(not can_fork(), reason="data-parallel workers need the 'fork' start method")
 
@@ -80,7 +81,7 @@ def _tiny(workers, iterations=5, **train):
 def test_two_workers_train_like_one_process():
     """Same images, same sampling, gradients summed: only float rounding differs (a shared
     layer's per-level gradients are added in another order)."""
-    from mrcnn_ref.train import load_model
+    from mrcnn_ref.model_io import load_model
 
     d1, d2 = tempfile.mkdtemp(), tempfile.mkdtemp()
     h1 = train(_tiny(1), d1, progress=False, log=_quiet)

@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mrcnn_ref.nn.checkpoint import load_checkpoint
-from mrcnn_ref.train import TrainingDiverged, load_model, load_run_config, train
+from mrcnn_ref.model_io import load_model
+from mrcnn_ref.run_config import load_run_config
+from mrcnn_ref.train import TrainingDiverged, train
 
 TINY = {"preset": "tiny", "train": {"iterations": 8, "checkpoint_every": 4, "num_train_images": 8}}
 
@@ -200,7 +202,7 @@ def test_coco_dataset_with_an_empty_image_trains(tmp_path):
 def test_export_model_is_small_and_loads(tmp_path):
     out = tmp_path / "run"
     train({**TINY, "train": {**TINY["train"], "iterations": 2}}, str(out), progress=False, log=_quiet)
-    from mrcnn_ref.train import export_model
+    from mrcnn_ref.model_io import export_model
 
     dst = export_model(str(out / "model.npz"), str(tmp_path / "bundled" / "shapes.npz"))
     assert os.path.getsize(dst) < 0.6 * os.path.getsize(out / "model.npz")
@@ -226,7 +228,8 @@ def test_export_model_is_small_and_loads(tmp_path):
 @settings(max_examples=30, deadline=None)
 @given(n=st.integers(1, 2000), max_points=st.integers(1, 600))
 def test_summarize_history_windows_cover_every_iteration_once(n, max_points):
-    from mrcnn_ref.train import LOSS_KEYS, summarize_history
+    from mrcnn_ref.model_io import summarize_history
+    from mrcnn_ref.train import LOSS_KEYS
 
     rng = np.random.default_rng(n)
     hist = {k: list(rng.uniform(0, 3, n)) for k in (*LOSS_KEYS, "total")}
@@ -241,7 +244,7 @@ def test_summarize_history_windows_cover_every_iteration_once(n, max_points):
 
 
 def test_bundled_or_trained_model_falls_back_to_a_quick_tiny_run(monkeypatch, tmp_path):
-    import mrcnn_ref.train as tr
+    import mrcnn_ref.model_io as tr
 
     model, rcfg, how = tr.bundled_or_trained_model(2)
     assert ("bundled" in how) == os.path.isfile(tr.BUNDLED_CHECKPOINT)
@@ -254,7 +257,8 @@ def test_sample_forward_backward_adds_gradients_and_skips_the_backward_of_a_bad_
     """A finite loss: the backward pass adds (twice the same sample and generator seed = twice
     the gradients). A non-finite loss: no backward pass, the gradients stay as they were."""
     from mrcnn_ref.model.mask_rcnn import MaskRCNN
-    from mrcnn_ref.train import build_dataset, sample_forward_backward
+    from mrcnn_ref.run_config import build_dataset
+    from mrcnn_ref.train import sample_forward_backward
 
     rc = load_run_config("tiny")
     model = MaskRCNN(rc.model, rng=np.random.default_rng(0))
@@ -278,7 +282,7 @@ def test_the_shipped_checkpoint_is_a_full_run_of_the_current_shapes_preset():
     """The README says `mrcnn-ref train --config shapes` reproduces the shipped model: its config
     must be the preset's (a preset change without a re-export fails here) and it must have run to
     the end."""
-    import mrcnn_ref.train as tr
+    import mrcnn_ref.model_io as tr
 
     loaded = tr.load_bundled_model()
     if loaded is None:
@@ -295,7 +299,7 @@ def test_plots_leave_the_matplotlib_backend_and_pyplot_alone(tmp_path):
     would silence its later plt.show()) nor leave pyplot figures open."""
     import matplotlib
 
-    from mrcnn_ref.train import plot_loss_curves
+    from mrcnn_ref.visualize import plot_loss_curves
     from mrcnn_ref.visualize import save_detections
 
     before = matplotlib.get_backend()

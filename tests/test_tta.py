@@ -178,7 +178,7 @@ def test_inference_overrides():
 
 @pytest.fixture(scope="module")
 def bundled():
-    from mrcnn_ref.train import load_bundled_model
+    from mrcnn_ref.model_io import load_bundled_model
 
     loaded = load_bundled_model()
     if loaded is None:
@@ -187,7 +187,7 @@ def bundled():
 
 
 def _val_images(rcfg, n):
-    from mrcnn_ref.train import build_dataset
+    from mrcnn_ref.run_config import build_dataset
 
     return list(build_dataset(rcfg.train, "val", n))
 

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass, field, fields
 
 __all__ = ["MaskRCNNConfig", "PRESETS", "INFERENCE_KEYS", "get_preset", "load_config", "config_from_dict",
-           "with_inference_overrides"]
+           "with_inference_overrides", "read_config_file"]
 
 ROI_OPS = ("roi_align", "roi_align_max", "roi_warp", "roi_pool")
 MASK_LOSSES = ("sigmoid", "softmax")
@@ -305,20 +305,35 @@ def get_preset(name: str) -> MaskRCNNConfig:
     return config_from_dict(dict(PRESETS[name]))
 
 
-def _read_file(path: str) -> dict:
+def read_config_file(path) -> dict:
+    """The dict in a ``.json`` or ``.toml`` config file (model or run configs alike); a file that
+    cannot be read or parsed, or that does not hold a table, is a ``ValueError`` naming it."""
+    path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
-    if ext == ".json":
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    if ext == ".toml":
-        try:
-            import tomllib  # Python >= 3.11
-        except ModuleNotFoundError as e:  # pragma: no cover - 3.10 only
-            raise RuntimeError(f"load_config: reading TOML ({path}) needs Python >= 3.11 (tomllib); "
-                               "use a JSON config file instead") from e
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    raise ValueError(f"load_config: config file must end in .json or .toml, got {path!r}")
+    if ext not in (".json", ".toml"):
+        raise ValueError(f"config file {path!r} must end in .json or .toml")
+    try:
+        if ext == ".json":
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        else:
+            try:
+                import tomllib  # noqa: PLC0415 - Python >= 3.11
+            except ModuleNotFoundError:  # pragma: no cover - 3.10 only
+                raise ValueError(f"reading TOML ({path}) needs Python >= 3.11; use a JSON config") from None
+            with open(path, "rb") as f:
+                d = tomllib.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"config file {path!r} is not valid JSON: {e}") from None
+    except OSError as e:
+        raise ValueError(f"config file {path!r} cannot be read: {e.strerror}") from None
+    except Exception as e:  # tomllib.TOMLDecodeError (imported lazily)
+        if type(e).__name__ != "TOMLDecodeError":
+            raise
+        raise ValueError(f"config file {path!r} is not valid TOML: {e}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"config file {path!r} must hold a table of keys, got {type(d).__name__}")
+    return d
 
 
 def load_config(name_or_path) -> MaskRCNNConfig:
@@ -335,7 +350,7 @@ def load_config(name_or_path) -> MaskRCNNConfig:
         if not os.path.exists(s):
             raise ValueError(f"load_config: {s!r} is neither a preset ({sorted(PRESETS)}) nor an "
                              "existing .json/.toml file")
-        d = _read_file(s)
+        d = read_config_file(s)
     else:
         raise TypeError(f"load_config: expected a preset name, a path, a dict or a MaskRCNNConfig, "
                         f"got {type(name_or_path).__name__}")
