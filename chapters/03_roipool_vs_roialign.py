@@ -253,7 +253,7 @@ print("checks passed")
 # 3. Move a box partly outside the map. Which samples are zeroed and which clamped? Why does
 #    aligned RoIAlign stop being exact, and by how much?
 # 4. The window path gathers each RoI's pixel window; the dense path multiplies with the whole map.
-#    Time both (`mrcnn_ref.ops.roi_align.ROI_ALIGN_PATH = "dense"` / `"window"`) for a 64×64 and a
+#    Time both (`roi_align(..., path="dense")` / `path="window"`) for a 64×64 and a
 #    256×256 map and find the crossover.
 # 5. Use a quadratic `f(x, y) = x²`: bilinear interpolation is no longer exact. How does
 #    RoIAlign's error fall with `sampling_ratio`?

@@ -220,7 +220,7 @@ print(inspect.getsource(conv2d_backward))
 # matrix has $C_{out}k_hk_w$ rows instead of $C_{in}k_hk_w$. For those layers the library uses the
 # equivalent *col2im* form — $\partial L/\partial\,\mathrm{cols} = W^	op\mathrm{dout}$, then each
 # column is added back into its window, one vectorised strided add per kernel offset — and
-# `conv.DX_METHOD = "auto"` picks whichever builds the smaller temporary matrix. Both are the
+# `conv2d_backward(..., dx_method="auto")` picks whichever builds the smaller temporary matrix. Both are the
 # same numbers (the tests compare them), and both are checked below against the scatter loops.
 
 # %%
@@ -539,7 +539,7 @@ print(f"all {len(rows)} gradient checks pass (worst {worst:.1e}); conv_transpose
 # %% [markdown]
 # ## Exercises
 #
-# 1. **Two ways to `dx`.** Set `conv.DX_METHOD` to `"transposed"` and to `"col2im"` and time
+# 1. **Two ways to `dx`.** Call `conv2d_backward` with `dx_method="transposed"` and `"col2im"` and time
 #    `conv2d_backward` for a $3\times3$, 64-channel layer at stride 1 and at stride 2, and for
 #    $C_{in} = 16, C_{out} = 64$. How large is each method's temporary column matrix? Does the
 #    `"auto"` rule pick the faster one?

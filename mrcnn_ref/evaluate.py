@@ -48,7 +48,8 @@ from collections import defaultdict
 import numpy as np
 
 from ._io import write_json
-from .backend import asnumpy, get_array_module
+from .backend import asnumpy
+from .data.masks import mask_iou
 from .data.rle import polygons_to_mask, rle_area, rle_decode, rle_encode, rle_to_bbox
 
 __all__ = [
@@ -93,32 +94,6 @@ def box_iou_xywh(dt, gt, iscrowd=None):
     union = np.where(crowd[None, :], da[:, None], da[:, None] + ga[None, :] - inter)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(overlap, inter / np.where(overlap, union, 1.0), 0.0)
-
-
-def mask_iou(dt_masks, gt_masks, iscrowd=None):
-    """IoU of binary masks: (D, H, W), (G, H, W) bool -> (D, G) float64 (crowd: inter / dt area).
-
-    Intersections for all pairs at once are one matrix product of the flattened masks, restricted
-    to the pixels covered by some ground truth (the only ones that can intersect). NumPy or CuPy
-    (the result lives with the masks); ``mask_iou(m, m)`` is the IoU matrix of one set, as Matrix
-    NMS (:mod:`mrcnn_ref.model.tta`) uses it.
-    """
-    xp = get_array_module(dt_masks, gt_masks)
-    if len(dt_masks) == 0 or len(gt_masks) == 0:
-        return xp.zeros((len(dt_masks), len(gt_masks)), dtype=xp.float64)
-    d = xp.asarray(dt_masks, dtype=bool).reshape(len(dt_masks), -1)
-    g = xp.asarray(gt_masks, dtype=bool).reshape(len(gt_masks), -1)
-    crowd = (xp.zeros(len(g), dtype=bool) if iscrowd is None
-             else xp.asarray(iscrowd, dtype=bool).reshape(-1))
-    ka = xp.count_nonzero(d, axis=1).astype(xp.float64)
-    kb = xp.count_nonzero(g, axis=1).astype(xp.float64)
-    support = xp.flatnonzero(g.any(axis=0))
-    ftype = xp.float32 if support.size < 2 ** 24 else xp.float64   # exact integer counts
-    # einsum rather than @: a product this thin gains nothing from (oversubscribed) BLAS threads
-    inter = xp.einsum("dp,gp->dg", d[:, support].astype(ftype),
-                      g[:, support].astype(ftype)).astype(xp.float64)
-    union = xp.where(crowd[None, :], ka[:, None], ka[:, None] + kb[None, :] - inter)
-    return xp.where(inter > 0, inter / xp.where(inter > 0, union, 1.0), 0.0)
 
 
 # --------------------------------------------------------------------------------------------

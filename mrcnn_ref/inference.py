@@ -11,10 +11,13 @@ import os
 import time
 
 import numpy as np
+from skimage import io
+from tqdm.auto import tqdm
 
 from ._io import write_json
 from .backend import asnumpy
 from .data.transforms import to_model_input
+from .model.tta import TestTimePredictor
 from .evaluate import coco_evaluate, detections_to_coco_results, summarize, write_coco_results
 
 __all__ = ["evaluate_model", "predict_image", "read_image"]
@@ -24,7 +27,7 @@ def _predict_sample(model, image_uint8):
     """Detections on one host image, computed where the model's parameters live, as host arrays."""
     xp = model.array_module
     x = xp.asarray(to_model_input(image_uint8))[None]
-    det = model.predict(x)
+    det = TestTimePredictor(model)(x)
     return {k: asnumpy(v) for k, v in det.items()}
 
 
@@ -54,7 +57,6 @@ def evaluate_model(model, dataset, out_dir, num_images=None, label_to_cat_id=Non
     results = []
     it = indices
     if progress:
-        from tqdm.auto import tqdm  # noqa: PLC0415
 
         it = tqdm(indices, desc="evaluate", unit="img", dynamic_ncols=True)
     t0 = time.perf_counter()
@@ -75,7 +77,6 @@ def evaluate_model(model, dataset, out_dir, num_images=None, label_to_cat_id=Non
 
 def read_image(path):
     """An image file as (H, W, 3) uint8 (grey is repeated, alpha dropped)."""
-    from skimage import io  # noqa: PLC0415
 
     if not os.path.isfile(path):
         raise ValueError(f"image {path!r} does not exist")

@@ -1,8 +1,10 @@
 """Pictures: detections (masks, boxes, labels, scores) drawn over an image; loss curves."""
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from .backend import asnumpy
 from .model.mask_rcnn import LOSS_NAMES
@@ -38,8 +40,6 @@ def draw_detections(image, boxes, labels=None, scores=None, masks=None, class_na
     image (H, W, 3) uint8 or float; boxes (N, 4) xyxy; labels (N,) ints; scores (N,); masks
     (N, H, W) bool; class_names: dict or list label -> name.
     """
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    from matplotlib.patches import Rectangle  # noqa: PLC0415
 
     boxes = np.asarray(asnumpy(boxes), dtype=np.float64).reshape(-1, 4)
     n = len(boxes)
@@ -76,7 +76,6 @@ def save_detections(path, image, det: dict, class_names=None, title=None):
 
     Uses a standalone :class:`matplotlib.figure.Figure` (no pyplot): the global backend and the
     open pyplot figures are left alone."""
-    from matplotlib.figure import Figure  # noqa: PLC0415
 
     h, w = np.asarray(asnumpy(image)).shape[:2]
     fig = Figure(figsize=(max(4, w / 40), max(4, h / 40)))

@@ -1,5 +1,7 @@
 """conv2d / conv_transpose2d: hand-computed values, a naive loop reference, gradient checks,
 the transpose == conv-backward identity, PyTorch cross-checks and input validation."""
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import assume, given, strategies as st
@@ -228,24 +230,24 @@ def test_conv_transpose2d_need_dx_false_skips_only_dx(case):
 
 
 @pytest.mark.parametrize("method", ["transposed", "col2im"])
-def test_each_dx_method_gradchecks(method, monkeypatch):
-    monkeypatch.setattr(conv_module, "DX_METHOD", method)
+def test_each_dx_method_gradchecks(method):
     rng = np.random.default_rng(7)
+    backward = functools.partial(conv2d_backward, dx_method=method)
+    transposed = functools.partial(conv_transpose2d_forward, dx_method=method)
     for stride, padding, shape in [(1, 1, (2, 3, 5, 6)), (2, 1, (1, 3, 7, 6)), ((3, 2), (0, 2), (2, 3, 8, 5))]:
         x, w = rng.standard_normal(shape), rng.standard_normal((2, 3, 3, 2))
-        errs = check_op_gradients(conv2d_forward, conv2d_backward, [x, w, None, stride, padding], wrt=(0,))
+        errs = check_op_gradients(conv2d_forward, backward, [x, w, None, stride, padding], wrt=(0,))
         assert errs[0] <= 1e-6, (method, stride, padding, errs)
         xt, wt = rng.standard_normal((1, 3, 3, 4)), rng.standard_normal((3, 2, 3, 3))
-        errs = check_op_gradients(conv_transpose2d_forward, conv_transpose2d_backward,
+        errs = check_op_gradients(transposed, conv_transpose2d_backward,
                                   [xt, wt, None, stride, padding], wrt=(0, 1))
         assert max(errs.values()) <= 1e-6, (method, stride, padding, errs)
 
 
-def test_bad_dx_method(monkeypatch):
-    monkeypatch.setattr(conv_module, "DX_METHOD", "scatter")
+def test_bad_dx_method():
     out, cache = conv2d_forward(np.zeros((1, 1, 3, 3)), np.zeros((1, 1, 2, 2)))
-    with pytest.raises(ValueError, match="DX_METHOD"):
-        conv2d_backward(out, cache)
+    with pytest.raises(ValueError, match="dx_method"):
+        conv2d_backward(out, cache, dx_method="scatter")
 
 
 def test_float32_preserved():

@@ -1,4 +1,5 @@
 """RoIAlign (avg and max): hand-computed values, torchvision cross-checks, gradient checks, errors."""
+import functools
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -12,15 +13,15 @@ from mrcnn_ref.ops.roi_align import (bilinear_sample, roi_align, roi_align_backw
 F5 = np.arange(25, dtype=np.float64).reshape(1, 1, 5, 5)
 
 
-@pytest.fixture(params=["auto", "dense", "window"])
-def path(request, monkeypatch):
+@pytest.fixture(params=ra.PATHS)
+def path(request):
     """Run a test on both implementation paths (dense whole-axis matrices / gathered windows)."""
-    monkeypatch.setattr(ra, "ROI_ALIGN_PATH", request.param)
     return request.param
 
 
 # ------------------------------------------------------------------ hand-computed values
 def test_hand_values(path):
+    roi_align = functools.partial(ra.roi_align, path=path)
     # box [0,4]x[0,4], 1 bin, 2x2 samples: start 0, bin 4, samples at 0 + (i + .5) * 4/2 = 1, 3
     # -> F at (1,1)=6, (1,3)=8, (3,1)=16, (3,3)=18, mean 12
     out = roi_align(F5, np.array([[0, 0, 0, 4, 4.0]]), 1, sampling_ratio=2)
@@ -47,6 +48,7 @@ def test_hand_values(path):
 
 
 def test_max_hand_values(path):
+    roi_align_max_forward = functools.partial(ra.roi_align_max_forward, path=path)
     # same 4 samples as above (6, 8, 16, 18): max 18, gradient to pixel (3, 3) only
     out, cache = roi_align_max_forward(F5, np.array([[0, 0, 0, 4, 4.0]]), 1, sampling_ratio=2)
     assert out[0, 0, 0, 0] == pytest.approx(18.0)
@@ -63,6 +65,7 @@ def test_max_hand_values(path):
 
 
 def test_backward_hand(path):
+    roi_align_forward = functools.partial(ra.roi_align_forward, path=path)
     # 1 sample at (.5, .5): gradient 1/4 to each of the 4 neighbours
     out, cache = roi_align_forward(F5, np.array([[0, 0, 0, 1, 1.0]]), 1, sampling_ratio=1)
     g = roi_align_backward(np.ones_like(out), cache)
@@ -130,14 +133,9 @@ def test_matches_torchvision(problem, path_name):
     torch = pytest.importorskip("torch")
     tv = pytest.importorskip("torchvision")
     x, boxes, out_size, scale, sr, aligned = problem
-    old = ra.ROI_ALIGN_PATH
-    ra.ROI_ALIGN_PATH = path_name
-    try:
-        out, cache = roi_align_forward(x, boxes, out_size, scale, sr, aligned)
-        d = np.random.default_rng(1).standard_normal(out.shape)
-        g = roi_align_backward(d, cache)
-    finally:
-        ra.ROI_ALIGN_PATH = old
+    out, cache = roi_align_forward(x, boxes, out_size, scale, sr, aligned, path=path_name)
+    d = np.random.default_rng(1).standard_normal(out.shape)
+    g = roi_align_backward(d, cache)
     xt = torch.tensor(x, requires_grad=True)
     ot = tv.ops.roi_align(xt, torch.tensor(boxes), out_size, scale, sr, aligned)
     ot.backward(torch.tensor(d))
@@ -199,18 +197,17 @@ def test_errors(fn):
 
 
 @pytest.mark.parametrize("path_name", ["dense", "window"])
-def test_larger_map_matches_torchvision(path_name, monkeypatch):
+def test_larger_map_matches_torchvision(path_name):
     """A map taller than one band of the dense path (and RoIs spanning several bands)."""
     torch = pytest.importorskip("torch")
     tv = pytest.importorskip("torchvision")
-    monkeypatch.setattr(ra, "ROI_ALIGN_PATH", path_name)
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 3, 41, 37))
     xs = np.sort(rng.uniform(-20, 37 * 8 + 20, (12, 2)), axis=1)
     ys = np.sort(rng.uniform(-20, 41 * 8 + 20, (12, 2)), axis=1)
     boxes = np.stack([rng.integers(0, 2, 12), xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], 1).astype(np.float64)
     for sr, aligned in [(2, False), (-1, True)]:
-        out, cache = roi_align_forward(x, boxes, (7, 5), 1 / 8, sr, aligned)
+        out, cache = roi_align_forward(x, boxes, (7, 5), 1 / 8, sr, aligned, path=path_name)
         d = rng.standard_normal(out.shape)
         g = roi_align_backward(d, cache)
         xt = torch.tensor(x, requires_grad=True)

@@ -119,8 +119,8 @@ def test_errors():
 def _both_paths(x, boxes, out_size, scale):
     """(out, arg) of the packed-key path and of the separable path, on float32 ``x``."""
     from mrcnn_ref.ops import roi_pool as rp
-    from mrcnn_ref.ops.roi_align import _check_roi_args
-    _, rois, (ph, pw), scale = _check_roi_args(x, boxes, out_size, scale, "test")
+    from mrcnn_ref.ops.roi_common import check_roi_args
+    _, rois, (ph, pw), scale = check_roi_args(x, boxes, out_size, scale, "test")
     N, C, H, W = x.shape
     b = rois[:, 0].astype(np.int64)
     hs, he = rp._bin_edges(rois[:, 2], rois[:, 4], scale, ph, H, np)

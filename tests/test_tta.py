@@ -9,7 +9,7 @@ from hypothesis.extra.numpy import arrays
 from mrcnn_ref.boxes import decode_boxes, hflip_boxes
 from mrcnn_ref.data.masks import paste_masks_in_image
 from mrcnn_ref.model.config import get_preset, with_inference_overrides
-from mrcnn_ref.model.tta import (average_box_outputs, maskness, matrix_nms_decay, resize_images,
+from mrcnn_ref.model.tta import (TestTimePredictor, average_box_outputs, maskness, matrix_nms_decay, resize_images,
                                 unflip_masks)
 from mrcnn_ref.ops.losses import log_softmax
 
@@ -204,13 +204,13 @@ def test_mask_rescoring_multiplies_the_scores_by_maskness(bundled):
     try:
         model.config = with_inference_overrides(base, {"test_flip": False, "test_scales": [1.0],
                                                        "mask_rescoring": False, "matrix_nms": "off"})
-        plain = model.predict(x)
-        feats = model.backbone(model._prepare_image(x, "test")[0])
-        probs = model._mask_probs(feats, plain["boxes"], plain["labels"])
+        plain = TestTimePredictor(model)(x)
+        feats = model.backbone(model.prepare_image(x, "test")[0])
+        probs = model.mask_probs(feats, plain["boxes"], plain["labels"])
         model.clear_caches()
         model.config = with_inference_overrides(base, {"test_flip": False, "test_scales": [1.0],
                                                        "mask_rescoring": True, "matrix_nms": "off"})
-        rescored = model.predict(x)
+        rescored = TestTimePredictor(model)(x)
     finally:
         model.config = base
     assert len(plain["scores"]) > 0
@@ -239,7 +239,7 @@ def test_tta_views_run_and_do_not_hurt_the_masks(bundled, before, after):
         model.config = with_inference_overrides(base, {**settings, "mask_rescoring": False})
         best, scores = [], []
         for s in _val_images(rcfg, 8):
-            det = model.predict(to_model_input(s)[None])
+            det = TestTimePredictor(model)(to_model_input(s)[None])
             scores.append(det["scores"])
             for g, lab in zip(s["masks"], s["labels"]):
                 ious = [np.logical_and(g, m).sum() / np.logical_or(g, m).sum()
@@ -274,7 +274,7 @@ def _views_seen_by_the_backbone(bundled, monkeypatch, settings):
     base = model.config
     try:
         model.config = with_inference_overrides(base, settings)
-        det = model.predict(x)
+        det = TestTimePredictor(model)(x)
     finally:
         model.config = base
     assert det["masks"].shape[1:] == (100, 77) and len(det["boxes"]) > 0
@@ -309,9 +309,9 @@ def test_scaled_views_are_the_resized_image_and_its_mirror(bundled, monkeypatch)
     assert not inputs[2][:, :, 150:].any() and not inputs[2][:, :, :, 116:].any()
     model = bundled[0]
     boxes = np.array([[10.0, 20.0, 30.5, 60.0]], np.float32)
-    np.testing.assert_allclose(model._boxes_in_view(boxes, False, 1.5, (100, 77)),
+    np.testing.assert_allclose(TestTimePredictor.boxes_in_view(boxes, False, 1.5, (100, 77)),
                                [[10 * 116 / 77, 20 * 1.5, 30.5 * 116 / 77, 60 * 1.5]], rtol=1e-6)
-    np.testing.assert_allclose(model._boxes_in_view(boxes, True, 1.5, (100, 77)),
+    np.testing.assert_allclose(TestTimePredictor.boxes_in_view(boxes, True, 1.5, (100, 77)),
                                [[(77 - 30.5) * 116 / 77, 30.0, (77 - 10) * 116 / 77, 90.0]], rtol=1e-6)
 
 
@@ -409,10 +409,10 @@ def test_predict_with_matrix_nms_decays_the_scores(bundled, mode, rescoring):
             x = to_model_input(sample)[None]
             model.config = with_inference_overrides(base, {"test_flip": False, "test_scales": [1.0],
                                                            "matrix_nms": "off", "mask_rescoring": rescoring})
-            plain = model.predict(x)
+            plain = TestTimePredictor(model)(x)
             model.config = with_inference_overrides(base, {"test_flip": False, "test_scales": [1.0],
                                                            "matrix_nms": mode, "mask_rescoring": rescoring})
-            decayed = model.predict(x)
+            decayed = TestTimePredictor(model)(x)
             f = matrix_nms_decay(plain["masks"], plain["scores"],
                                  plain["labels"] if mode == "per_class" else None, sigma=base.matrix_nms_sigma)
             expected = plain["scores"] * f.astype(plain["scores"].dtype)
@@ -444,12 +444,12 @@ def test_box_refine_moves_each_detection_by_its_own_class_deltas(bundled):
         for sample in _val_images(rcfg, 4):
             x = to_model_input(sample)[None]
             model.config = with_inference_overrides(base, {**_ONE_VIEW, "box_refine": False})
-            plain = model.predict(x)
-            feats = model.backbone(model._prepare_image(x, "test")[0])
-            _, deltas = model._box_outputs(feats, plain["boxes"])
+            plain = TestTimePredictor(model)(x)
+            feats = model.backbone(model.prepare_image(x, "test")[0])
+            _, deltas = model.box_outputs(feats, plain["boxes"])
             model.clear_caches()
             model.config = with_inference_overrides(base, {**_ONE_VIEW, "box_refine": True})
-            refined = model.predict(x)
+            refined = TestTimePredictor(model)(x)
             d = len(plain["scores"])
             own = deltas.reshape(d, base.num_classes, 4)[np.arange(d), plain["labels"]]
             h, w = x.shape[2:]
@@ -480,7 +480,7 @@ def test_box_refine_brings_the_boxes_closer_to_the_objects(bundled):
             for refine in (False, True):
                 model.config = with_inference_overrides(base, {"box_refine": refine, "score_thresh": 0.3,
                                                                "mask_rescoring": False, "matrix_nms": "off"})
-                det = model.predict(x)
+                det = TestTimePredictor(model)(x)
                 nearest.append(box_iou(det["boxes"].astype(np.float64), gt).max(axis=1, initial=0.0))
             gains.extend(nearest[1] - nearest[0])
     finally:

@@ -42,6 +42,7 @@ import math
 import os
 
 import numpy as np
+from skimage import io, util
 
 from .masks import masks_to_boxes
 from .rle import polygons_to_mask, rle_decode
@@ -216,8 +217,6 @@ class CocoDataset:
                 f"{len(self.categories)} categories)")
 
     def _read_image(self, info):
-        from skimage import io, util  # noqa: PLC0415
-
         path = os.path.join(self.image_dir, str(info["file_name"]))
         try:
             img = io.imread(path)

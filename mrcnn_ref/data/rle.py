@@ -26,6 +26,9 @@ counts (a few dozen per mask). Decoding of the string is fully vectorised.
 from __future__ import annotations
 
 import numpy as np
+from skimage.draw import polygon as draw_polygon
+
+from .._checks import check_positive_int
 
 __all__ = [
     "counts_from_string",
@@ -219,11 +222,7 @@ def polygons_to_mask(polygons, h: int, w: int) -> np.ndarray:
     a 5x upsampled grid and rounds — so the two masks differ by about one boundary pixel row; they
     agree closely (IoU >= 0.9) for polygons that are not tiny, but not exactly.
     """
-    from skimage.draw import polygon as draw_polygon
-
     where = "polygons_to_mask"
-    from .._checks import check_positive_int
-
     h = check_positive_int(h, "h", where)
     w = check_positive_int(w, "w", where)
     if not isinstance(polygons, (list, tuple)):

@@ -32,6 +32,7 @@ from skimage.draw import disk, polygon
 
 from .._checks import check_positive_int
 from .masks import masks_to_boxes
+from .rle import rle_encode
 
 __all__ = ["CATEGORIES", "ShapesDataset"]
 
@@ -227,7 +228,6 @@ class ShapesDataset:
         segmentation (compressed, from :func:`mrcnn_ref.data.rle.rle_encode`), ``bbox`` ``[x, y, w, h]``
         (the tight box of the visible mask), ``area`` = visible mask pixel count and ``iscrowd`` 0.
         """
-        from .rle import rle_encode  # noqa: PLC0415
 
         if indices is None:
             indices = range(len(self))

@@ -33,9 +33,12 @@ from __future__ import annotations
 import numpy as np
 
 from .._checks import check_array, reads_values
-from ..backend import argsort_descending, asnumpy, backend_name, get_array_module
+from ..backend import asnumpy, backend_name, get_array_module
 from ..nn.module import Module
 from .config import MaskRCNNConfig, load_config
+from ..data.masks import paste_masks_in_image
+from ..ops.losses import log_softmax, sigmoid
+from .backbone import resnet50_fpn, resnet_fpn_tiny
 from .multilevel_roi import multilevel_roi_backward, multilevel_roi_forward
 from .roi_heads import (BoxHead, MaskHead, box_loss_backward, box_loss_forward, mask_head_loss_backward,
                         mask_head_loss_forward, postprocess_detections)
@@ -53,9 +56,7 @@ SIZE_DIVISIBILITY = 32
 
 def build_backbone(config: MaskRCNNConfig, rng, dtype=np.float32):
     """The ResNet-FPN named by ``config.backbone``; returns ``(module, fpn_out_channels)``."""
-    from . import backbone as bb  # noqa: PLC0415
-
-    factory = {"resnet_fpn_tiny": bb.resnet_fpn_tiny, "resnet50_fpn": bb.resnet50_fpn}[config.backbone]
+    factory = {"resnet_fpn_tiny": resnet_fpn_tiny, "resnet50_fpn": resnet50_fpn}[config.backbone]
     net = factory(rng=rng, dtype=dtype, **config.backbone_overrides)
     return net, int(net.out_channels)
 
@@ -103,7 +104,7 @@ class MaskRCNN(Module):
         self.to(backend_name() if backend is None else backend)
 
     # ------------------------------------------------------------------ helpers
-    def _prepare_image(self, images, where):
+    def prepare_image(self, images, where):
         check_array(images, "images", where, ndim=4, floating=True, finite=True)
         if images.shape[0] != 1 or images.shape[1] != 3:
             raise ValueError(f"{where}: images must have shape (1, 3, H, W) (batch size 1), got "
@@ -167,7 +168,7 @@ class MaskRCNN(Module):
         where = "MaskRCNN.forward_train"
         cfg = self.config
         rng = self.rng if rng is None else rng
-        images, (h, w) = self._prepare_image(images, where)
+        images, (h, w) = self.prepare_image(images, where)
         xp = get_array_module(images)
         dtype = images.dtype
         if not isinstance(targets, dict) or "boxes" not in targets or "labels" not in targets:
@@ -300,130 +301,66 @@ class MaskRCNN(Module):
 
     # ------------------------------------------------------------------ inference
     def predict(self, images, score_thresh=None):
-        """Detections for one image (1, 3, H, W).
+        """Detections for one image (1, 3, H, W): the paper's inference.
 
-        Returns a dict of NumPy/CuPy arrays: ``boxes`` (D, 4), ``scores`` (D,), ``labels`` (D,)
-        int64 in 1..K-1, ``masks`` (D, H, W) bool (the class's mask probability >= 0.5, pasted
-        into the image), sorted by decreasing score. With ``config.test_flip`` the box and mask
-        heads' outputs are averaged with those of the mirrored image (and with
-        ``config.test_scales`` with those of enlarged copies, and their mirrors), with
-        ``config.box_refine`` each detection's box moves by a second box-head pass at the box
-        itself (:meth:`_refine_boxes`), with ``config.mask_rescoring`` each score is multiplied by
-        its mask's maskness, and with ``config.matrix_nms`` by its Matrix NMS decay
-        (:mod:`mrcnn_ref.model.tta`).
+        Backbone and FPN, the RPN's proposals, the box head on them, per-class NMS
+        (:func:`~mrcnn_ref.model.roi_heads.postprocess_detections`), then the mask head on the
+        detected boxes, each mask pasted into the image. Returns a dict of NumPy/CuPy arrays:
+        ``boxes`` (D, 4), ``scores`` (D,), ``labels`` (D,) int64 in 1..K-1, ``masks`` (D, H, W)
+        bool (the class's mask probability >= ``mask_threshold``), sorted by decreasing score.
+        The config's test-time refinements (flip and scale views, a second box pass, mask
+        rescoring, Matrix NMS) are :class:`mrcnn_ref.model.tta.TestTimePredictor`'s.
         """
-        from ..data.masks import paste_masks_in_image  # noqa: PLC0415
-        from . import tta  # noqa: PLC0415
-
-        where = "MaskRCNN.predict"
         cfg = self.config
-        padded, (h, w) = self._prepare_image(images, where)
+        padded, (h, w) = self.prepare_image(images, "MaskRCNN.predict")
         xp = get_array_module(padded)
         try:
             feats = self.backbone(padded)
-            obj_levels, dlt_levels = self.rpn(feats)
-            obj, dlt = flatten_rpn_outputs(obj_levels, dlt_levels)
-            anchors, _, counts = self._anchors(feats)
-            proposals, _ = generate_proposals(
-                obj[0], dlt[0], anchors, counts, (h, w), pre_nms_top_n=cfg.rpn_pre_nms_top_n_test,
-                post_nms_top_n=cfg.rpn_post_nms_top_n_test, nms_thresh=cfg.rpn_nms_thresh,
-                min_size=cfg.rpn_min_size)
-            # test-time augmentation: the same proposals in every view of the image (tta module)
-            views = [(feats, False, 1.0)]                        # (features, mirrored, scale)
-            for s in cfg.test_scales:
-                for mirrored in ((False, True) if cfg.test_flip else (False,)):
-                    if s != 1.0 or mirrored:
-                        views.append((self.backbone(self._view_image(images, mirrored, s, where)),
-                                      mirrored, s))
-            class_logits, box_deltas = self._box_outputs_in_views(views, proposals, (h, w))
-            boxes, scores, labels = postprocess_detections(
-                class_logits, box_deltas, proposals, (h, w),
-                score_thresh=cfg.score_thresh if score_thresh is None else score_thresh,
-                nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img,
-                box_weights=cfg.box_weights, min_size=cfg.box_min_size)
-            if boxes.shape[0] > 0 and cfg.box_refine:
-                boxes = self._refine_boxes(views, boxes, labels, (h, w))
+            proposals = self.proposals(feats, (h, w))
+            class_logits, box_deltas = self.box_outputs(feats, proposals)
+            boxes, scores, labels = self.detections(class_logits, box_deltas, proposals, (h, w),
+                                                    score_thresh)
             if boxes.shape[0] > 0:
-                probs = 0
-                for f, mirrored, s in views:
-                    p = self._mask_probs(f, self._boxes_in_view(boxes, mirrored, s, (h, w)), labels)
-                    probs = probs + (tta.unflip_masks(p) if mirrored else p)
-                probs = probs / len(views)
-                if cfg.mask_rescoring:
-                    scores = scores * tta.maskness(probs, cfg.mask_threshold)
-                    order = argsort_descending(scores)
-                    boxes, scores, labels, probs = boxes[order], scores[order], labels[order], probs[order]
-                masks = paste_masks_in_image(probs, boxes, (h, w), threshold=cfg.mask_threshold)
-                if cfg.matrix_nms != "off":
-                    scores = scores * tta.matrix_nms_decay(
-                        masks, scores, labels if cfg.matrix_nms == "per_class" else None,
-                        sigma=cfg.matrix_nms_sigma).astype(scores.dtype)
-                    order = argsort_descending(scores)
-                    boxes, scores, labels, masks = boxes[order], scores[order], labels[order], masks[order]
+                masks = paste_masks_in_image(self.mask_probs(feats, boxes, labels), boxes, (h, w),
+                                             threshold=cfg.mask_threshold)
             else:
                 masks = xp.zeros((0, h, w), dtype=bool)
         finally:
             self.clear_caches()
         return dict(boxes=boxes, scores=scores, labels=labels, masks=masks)
 
-    def _view_image(self, images, mirrored, scale, where):
-        """A test-time view of ``images (1, 3, H, W)``: mirrored and/or enlarged by ``scale``,
-        padded to /32 (the mirror of the *unpadded* image, padded on the right like the image)."""
-        from .tta import resize_images  # noqa: PLC0415
-
-        view = images[:, :, :, ::-1] if mirrored else images
-        if scale != 1.0:
-            h, w = images.shape[2:]
-            view = resize_images(view, (round(h * scale), round(w * scale)))
-        return self._prepare_image(view, where)[0]
-
-    @staticmethod
-    def _boxes_in_view(boxes, mirrored, scale, image_size):
-        """``boxes (N, 4)`` of the image in the coordinates of the view :meth:`_view_image` makes."""
-        from ..boxes import hflip_boxes  # noqa: PLC0415
-
-        h, w = image_size
-        if mirrored:
-            boxes = hflip_boxes(boxes, w)
-        if scale != 1.0:      # the per-axis factors of the rounded view size
-            xp = get_array_module(boxes)
-            f = xp.asarray([round(w * scale) / w, round(h * scale) / h] * 2, dtype=boxes.dtype)
-            boxes = boxes * f
-        return boxes
-
-    def _refine_boxes(self, views, boxes, labels, image_size):
-        """Iterative box regression (Gidaris & Komodakis 2015; Cascade R-CNN's "iterative BBox"):
-        the box head once more, now on the detections ``boxes (D, 4)`` themselves, averaged over
-        the test-time ``views``; each box moves by its own class's deltas. The scores stay those
-        of the first pass (averaging in the second pass's class probability changed nothing)."""
-        from ..boxes import clip_boxes, decode_boxes  # noqa: PLC0415
-
-        xp = get_array_module(boxes)
-        _, deltas = self._box_outputs_in_views(views, boxes, image_size)
-        own = deltas.reshape(boxes.shape[0], -1, 4)[xp.arange(boxes.shape[0]), labels]   # (D, 4)
-        refined = decode_boxes(own, boxes, weights=self.config.box_weights)
-        return clip_boxes(refined, (float(image_size[0]), float(image_size[1]))).astype(boxes.dtype)
-
-    def _box_outputs_in_views(self, views, boxes, image_size):
-        """The box head on ``boxes (P, 4)`` of the image in every view ``(features, mirrored,
-        scale)``, averaged (:func:`~mrcnn_ref.model.tta.average_box_outputs`)."""
-        from . import tta  # noqa: PLC0415
-
-        return tta.average_box_outputs(
-            [(*self._box_outputs(f, self._boxes_in_view(boxes, mirrored, s, image_size)), mirrored)
-             for f, mirrored, s in views])
-
-    def _box_outputs(self, feats, proposals):
-        """Box head on ``proposals (P, 4)``: ``(class_logits (P, K), box_deltas (P, 4K))``."""
+    def proposals(self, feats, image_size):
+        """The RPN's test-time proposals ``(P, 4)`` for the pyramid ``feats`` of an image of
+        ``image_size = (h, w)``."""
         cfg = self.config
-        box_feats, _ = multilevel_roi_forward(feats[:4], self._rois5(proposals), cfg.box_roi_size,
+        obj_levels, dlt_levels = self.rpn(feats)
+        obj, dlt = flatten_rpn_outputs(obj_levels, dlt_levels)
+        anchors, _, counts = self._anchors(feats)
+        proposals, _ = generate_proposals(
+            obj[0], dlt[0], anchors, counts, image_size, pre_nms_top_n=cfg.rpn_pre_nms_top_n_test,
+            post_nms_top_n=cfg.rpn_post_nms_top_n_test, nms_thresh=cfg.rpn_nms_thresh,
+            min_size=cfg.rpn_min_size)
+        return proposals
+
+    def detections(self, class_logits, box_deltas, proposals, image_size, score_thresh=None):
+        """Box-head outputs -> ``(boxes, scores, labels)`` after per-class NMS, with the config's
+        thresholds (``score_thresh`` overrides the config's)."""
+        cfg = self.config
+        return postprocess_detections(
+            class_logits, box_deltas, proposals, image_size,
+            score_thresh=cfg.score_thresh if score_thresh is None else score_thresh,
+            nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img,
+            box_weights=cfg.box_weights, min_size=cfg.box_min_size)
+
+    def box_outputs(self, feats, boxes):
+        """Box head on ``boxes (P, 4)``: ``(class_logits (P, K), box_deltas (P, 4K))``."""
+        cfg = self.config
+        box_feats, _ = multilevel_roi_forward(feats[:4], self._rois5(boxes), cfg.box_roi_size,
                                               **self._roi_kwargs())
         return self.box_head(box_feats)
 
-    def _mask_probs(self, feats, boxes, labels):
+    def mask_probs(self, feats, boxes, labels):
         """Mask head on ``boxes (D, 4)``: the probabilities ``(D, M, M)`` of each box's class."""
-        from ..ops.losses import log_softmax, sigmoid  # noqa: PLC0415
-
         cfg = self.config
         xp = get_array_module(boxes)
         mask_feats, _ = multilevel_roi_forward(feats[:4], self._rois5(boxes), cfg.mask_roi_size,

@@ -25,10 +25,18 @@ import numpy as np
 
 from .._checks import check_array, check_positive_int
 from ..backend import asnumpy, get_array_module
+from ..ops.roi_align import (roi_align_backward, roi_align_forward, roi_align_max_backward,
+                             roi_align_max_forward)
+from ..ops.roi_pool import roi_pool_backward, roi_pool_forward
+from ..ops.roi_warp import roi_warp_backward, roi_warp_forward
 
 __all__ = ["assign_fpn_levels", "get_roi_op", "multilevel_roi_forward", "multilevel_roi_backward"]
 
 ROI_OPS = ("roi_align", "roi_align_max", "roi_warp", "roi_pool")
+_ROI_OP_PAIRS = {"roi_align": (roi_align_forward, roi_align_backward),
+                 "roi_align_max": (roi_align_max_forward, roi_align_max_backward),
+                 "roi_warp": (roi_warp_forward, roi_warp_backward),
+                 "roi_pool": (roi_pool_forward, roi_pool_backward)}
 
 
 def assign_fpn_levels(boxes, min_level: int = 2, max_level: int = 5, canonical_size: float = 224.0,
@@ -58,24 +66,8 @@ def get_roi_op(name: str):
     Each forward is called as ``forward(feature (N,C,H,W), rois (K,5), output_size, spatial_scale,
     **kwargs) -> (out (K,C,h,w), cache)`` and backward as ``backward(dout, cache) -> d_feature``.
     """
-    if name == "roi_align":
-        from ..ops.roi_align import roi_align_backward, roi_align_forward
-        return roi_align_forward, roi_align_backward
-    if name == "roi_align_max":
-        try:
-            from ..ops.roi_align import roi_align_max_backward, roi_align_max_forward
-        except ImportError:
-            from ..ops.roi_align_max import roi_align_max_backward, roi_align_max_forward
-        return roi_align_max_forward, roi_align_max_backward
-    if name == "roi_warp":
-        from ..ops.roi_warp import roi_warp_backward, roi_warp_forward
-        return roi_warp_forward, roi_warp_backward
-    if name == "roi_pool":
-        try:
-            from ..ops.roi_pool import roi_pool_backward, roi_pool_forward
-        except ImportError:
-            from ..ops.roi_align import roi_pool_backward, roi_pool_forward
-        return roi_pool_forward, roi_pool_backward
+    if name in _ROI_OP_PAIRS:
+        return _ROI_OP_PAIRS[name]
     raise ValueError(f"get_roi_op: unknown RoI op {name!r}; choose one of {ROI_OPS}")
 
 

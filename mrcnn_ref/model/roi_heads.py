@@ -26,6 +26,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
+from ..boxes import clip_boxes, decode_boxes, remove_small_boxes
+from ..nms import batched_nms
+from ..nn.layers import Conv2d, ConvTranspose2d, Flatten, Linear, ReLU
+from ..nn.module import Sequential
+from ..ops import losses
+from ..ops.losses import (log_softmax, smooth_l1_backward, smooth_l1_forward, softmax_cross_entropy_backward,
+                          softmax_cross_entropy_forward)
 from ..nn.module import Module
 
 __all__ = ["BoxHead", "MaskHead", "box_loss_forward", "box_loss_backward", "mask_head_loss_forward",
@@ -43,8 +50,6 @@ class BoxHead(Module):
 
     def __init__(self, in_channels, roi_size, hidden_dim, num_classes, rng=None, dtype=np.float32):
         super().__init__()
-        from ..nn.layers import Flatten, Linear, ReLU  # noqa: PLC0415
-        from ..nn.module import Sequential  # noqa: PLC0415
 
         self.num_classes = int(num_classes)
         self.fcs = Sequential(Flatten(),
@@ -73,8 +78,6 @@ class MaskHead(Module):
 
     def __init__(self, in_channels, num_convs, channels, num_classes, rng=None, dtype=np.float32):
         super().__init__()
-        from ..nn.layers import Conv2d, ConvTranspose2d, ReLU  # noqa: PLC0415
-        from ..nn.module import Sequential  # noqa: PLC0415
 
         layers, c = [], in_channels
         for _ in range(num_convs):
@@ -99,7 +102,6 @@ def box_loss_forward(class_logits, box_deltas, labels, regression_targets, beta=
     Returns ``((loss_classifier, loss_box_reg), cache)``:
     ``loss_classifier = mean_S CE``; ``loss_box_reg = sum_{fg} smoothL1(deltas[gt class]) / S``.
     """
-    from ..ops.losses import smooth_l1_forward, softmax_cross_entropy_forward  # noqa: PLC0415
 
     xp = get_array_module(class_logits)
     s = class_logits.shape[0]
@@ -114,7 +116,6 @@ def box_loss_forward(class_logits, box_deltas, labels, regression_targets, beta=
 
 def box_loss_backward(d_cls_loss, d_box_loss, cache):
     """Gradients w.r.t. class_logits (S, K) and box_deltas (S, 4K)."""
-    from ..ops.losses import smooth_l1_backward, softmax_cross_entropy_backward  # noqa: PLC0415
 
     c_cls, c_box, fg, cols, dshape, dtype, xp = cache
     d_logits = softmax_cross_entropy_backward(d_cls_loss, c_cls)
@@ -127,7 +128,6 @@ def mask_head_loss_forward(mask_logits, labels, mask_targets, kind="sigmoid"):
     """Mask loss on the foreground RoIs: ``kind`` "sigmoid" (per-class BCE, the paper) or
     "softmax" (per-pixel softmax over classes). mask_logits (F, K, M, M); labels (F,) in 1..K-1;
     mask_targets (F, M, M). Returns ``(loss, cache)``."""
-    from ..ops import losses  # noqa: PLC0415
 
     if kind == "sigmoid":
         loss, cache = losses.mask_loss_forward(mask_logits, labels, mask_targets)
@@ -139,7 +139,6 @@ def mask_head_loss_forward(mask_logits, labels, mask_targets, kind="sigmoid"):
 
 
 def mask_head_loss_backward(d_loss, cache):
-    from ..ops import losses  # noqa: PLC0415
 
     kind, c = cache
     if kind == "sigmoid":
@@ -158,9 +157,6 @@ def postprocess_detections(class_logits, box_deltas, proposals, image_size, *, s
     top ``detections_per_img`` by score.
     Returns ``(boxes (D, 4), scores (D,), labels (D,) int64 in 1..K-1)``.
     """
-    from ..boxes import clip_boxes, decode_boxes, remove_small_boxes  # noqa: PLC0415
-    from ..nms import batched_nms  # noqa: PLC0415
-    from ..ops.losses import log_softmax  # noqa: PLC0415
 
     xp = get_array_module(class_logits)
     p, k = class_logits.shape

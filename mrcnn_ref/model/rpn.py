@@ -26,6 +26,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import asnumpy, get_array_module, top_k_descending
+from ..anchors import generate_anchors, grid_anchors, label_anchors, sample_labels
+from ..boxes import clip_boxes, decode_boxes, encode_boxes, remove_small_boxes
+from ..nms import batched_nms
+from ..nn.layers import Conv2d, ReLU
+from ..ops.losses import (bce_with_logits_backward, bce_with_logits_forward, smooth_l1_backward,
+                          smooth_l1_forward)
 from ..nn.module import Module
 
 __all__ = ["RPNHead", "flatten_rpn_outputs", "unflatten_rpn_grads", "pyramid_level_anchors",
@@ -44,7 +50,6 @@ class RPNHead(Module):
 
     def __init__(self, in_channels: int, num_anchors: int, rng=None, dtype=np.float32):
         super().__init__()
-        from ..nn.layers import Conv2d, ReLU  # noqa: PLC0415
 
         self.num_anchors = int(num_anchors)
         self.conv = Conv2d(in_channels, in_channels, 3, padding=1, rng=rng, dtype=dtype, init_std=0.01)
@@ -121,7 +126,6 @@ def pyramid_level_anchors(feature_shapes, strides, sizes, ratios, dtype=np.float
     1, 2^(1/3), 2^(2/3)), so A = len(ratios) * len(scales) anchors per location.
     Returns ``(anchors (T, 4), level_of_anchor (T,) int64, counts per level list)``.
     """
-    from ..anchors import generate_anchors, grid_anchors  # noqa: PLC0415
 
     all_anchors, level_ids, counts = [], [], []
     for lvl, ((h, w), stride, size) in enumerate(zip(feature_shapes, strides, sizes)):
@@ -142,8 +146,6 @@ def rpn_targets(anchors, gt_boxes, *, rng, fg_iou=0.7, bg_iou=0.3, batch_size=25
     Returns a dict: ``sampled`` (S,) anchor indices (positives first), ``labels`` (S,) float 1/0,
     ``num_pos`` int, ``regression_targets`` (num_pos, 4) (weights (1, 1, 1, 1)).
     """
-    from ..anchors import label_anchors, sample_labels  # noqa: PLC0415
-    from ..boxes import encode_boxes  # noqa: PLC0415
 
     xp = get_array_module(anchors)
     gt_boxes = gt_boxes.astype(anchors.dtype, copy=False)
@@ -172,7 +174,6 @@ def rpn_loss_forward(objectness, deltas, targets, beta=1.0 / 9.0):
     number of sampled anchors (torchvision's normalisation). Returns
     ``((loss_objectness, loss_rpn_box), cache)``.
     """
-    from ..ops.losses import bce_with_logits_forward, smooth_l1_forward  # noqa: PLC0415
 
     xp = get_array_module(objectness)
     sampled, num_pos = targets["sampled"], targets["num_pos"]
@@ -188,7 +189,6 @@ def rpn_loss_forward(objectness, deltas, targets, beta=1.0 / 9.0):
 
 def rpn_loss_backward(d_obj_loss, d_box_loss, cache):
     """Gradients of the two RPN losses w.r.t. objectness (T,) and deltas (T, 4)."""
-    from ..ops.losses import bce_with_logits_backward, smooth_l1_backward  # noqa: PLC0415
 
     sampled, pos, c_obj, c_box, oshape, dshape, dtype, xp = cache
     d_obj = xp.zeros(oshape, dtype=dtype)
@@ -208,8 +208,6 @@ def generate_proposals(objectness, deltas, anchors, level_counts, image_size, *,
     ``min_size``; NMS at ``nms_thresh`` within each level (batched_nms with the level as category);
     keep the best ``post_nms_top_n`` overall. Returns ``(boxes (P, 4), scores (P,) logits)``.
     """
-    from ..boxes import clip_boxes, decode_boxes, remove_small_boxes  # noqa: PLC0415
-    from ..nms import batched_nms  # noqa: PLC0415
 
     xp = get_array_module(objectness)
     idx_all, lvl_all, start = [], [], 0

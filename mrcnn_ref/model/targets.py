@@ -25,6 +25,8 @@ import numpy as np
 
 from .._checks import check_array, check_positive_int
 from ..backend import asnumpy, get_array_module
+from ..boxes import box_iou, encode_boxes
+from ..data.masks import mask_targets_for_rois
 
 __all__ = ["match_proposals", "sample_rois", "proposal_targets"]
 
@@ -37,7 +39,6 @@ def match_proposals(proposals, gt_boxes, gt_labels, fg_iou: float = 0.5, bg_iou_
     (IoU >= fg_iou), 0 (bg_iou_low <= IoU < fg_iou) or -1 (IoU < bg_iou_low, ignored).
     With G == 0 every proposal is background with matched_gt 0 and IoU 0.
     """
-    from ..boxes import box_iou  # noqa: PLC0415
 
     xp = get_array_module(proposals)
     p, g = proposals.shape[0], gt_boxes.shape[0]
@@ -87,7 +88,6 @@ def proposal_targets(proposals, gt_boxes, gt_labels, gt_masks=None, *, rng,
       ``matched_gt`` (S,) int64, ``num_fg`` int, ``mask_targets`` (num_fg, M, M) in {0, 1}
       (None when gt_masks is None).
     """
-    from ..boxes import encode_boxes  # noqa: PLC0415
 
     where = "proposal_targets"
     check_array(proposals, "proposals", where, shape=(None, 4), floating=True)
@@ -125,7 +125,6 @@ def proposal_targets(proposals, gt_boxes, gt_labels, gt_masks=None, *, rng,
     mask_targets = None
     if gt_masks is not None:
         if num_fg > 0:
-            from ..data.masks import mask_targets_for_rois  # noqa: PLC0415
             mask_targets = mask_targets_for_rois(gt_masks, matched[:num_fg], rois[:num_fg],
                                                  M=mask_size).astype(dtype, copy=False)
         else:

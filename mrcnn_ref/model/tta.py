@@ -1,9 +1,12 @@
 """Inference-only refinements: flip and multi-scale test-time augmentation (with a second
 box-regression pass), mask rescoring and Matrix NMS.
 
-None changes training or the weights; each is switched on by a config field (``test_flip``,
+They go beyond the paper's inference (:meth:`mrcnn_ref.model.mask_rcnn.MaskRCNN.predict`). None
+changes training or the weights; each is switched on by a config field (``test_flip``,
 ``test_scales``, ``box_refine``, ``mask_rescoring``, ``matrix_nms``; off by default, on in the
-``shapes`` preset) and used by :meth:`mrcnn_ref.model.mask_rcnn.MaskRCNN.predict`.
+``shapes`` preset), and :class:`TestTimePredictor` runs them: ``TestTimePredictor(model)(image)``
+returns what ``model.predict(image)`` does, refined. With every refinement off it *is*
+``model.predict``.
 
 **Test-time augmentation.** The network is run again on other *views* of the image — its mirror
 (``x' = w - x``; the model was trained with random horizontal flips, so it knows that view too),
@@ -19,7 +22,7 @@ mirrors. The proposals come from the image itself; the *same* proposals, carried
 
 With ``box_refine`` the box head runs once more, in every view, on the detections themselves
 (after the per-class NMS), and each box moves by the averaged deltas of its own class: iterative
-box regression (Gidaris & Komodakis 2015), in :meth:`~mrcnn_ref.model.mask_rcnn.MaskRCNN.predict`.
+box regression (Gidaris & Komodakis 2015), :meth:`TestTimePredictor.refine_boxes`.
 
 Then the final boxes go through the mask head in every view and the ``M x M`` mask
 probabilities are averaged (a mirror's mask flipped back along its columns; a scaled view's mask
@@ -56,10 +59,13 @@ import numbers
 import numpy as np
 
 from .._checks import check_array
-from ..backend import get_array_module
-from ..evaluate import mask_iou
+from ..backend import argsort_descending, get_array_module
+from ..boxes import clip_boxes, decode_boxes, hflip_boxes
+from ..data.masks import mask_iou, paste_masks_in_image, pixel_to_grid_weights
+from ..ops.losses import log_softmax
 
-__all__ = ["average_box_outputs", "resize_images", "unflip_masks", "maskness", "matrix_nms_decay"]
+__all__ = ["TestTimePredictor", "uses_refinements", "average_box_outputs", "resize_images",
+           "unflip_masks", "maskness", "matrix_nms_decay"]
 
 # Boxes go into the mirror and back with mrcnn_ref.boxes.hflip_boxes (the flip augmentation's).
 
@@ -75,8 +81,6 @@ def average_box_outputs(views):
     deltas the mean over the views, with each mirror's ``tx`` negated. A scaled view needs no
     correction: the deltas are offsets and log-sizes *relative to the proposal*, which scale with it.
     """
-    from ..ops.losses import log_softmax  # noqa: PLC0415
-
     where = "average_box_outputs"
     if not isinstance(views, (list, tuple)) or not views:
         raise ValueError(f"{where}: views must be a non-empty list of (class_logits, box_deltas, "
@@ -113,12 +117,10 @@ def resize_images(images, size):
     """Bilinear resize of ``images (N, C, H, W)`` to ``size = (H2, W2)`` (no anti-aliasing: for
     enlarging). Separable: each channel becomes ``Ry @ image @ Rx.T``, whose 1-D interpolation
     matrices are those of mini-masks' crop-and-resize
-    (:func:`mrcnn_ref.data.masks._pixel_to_grid_weights`) for the "box" that is the whole image:
+    (:func:`mrcnn_ref.data.masks.pixel_to_grid_weights`) for the "box" that is the whole image:
     output sample ``j`` reads the input at ``(j + 0.5) * H / H2 - 0.5`` (half-pixel centres, so a
     box edge at ``x`` lands at ``x * H2 / H``), clamped to the edge pixels. The weights are built in
     float64 and cast to the images' dtype. Keeps the dtype and the array module."""
-    from ..data.masks import _pixel_to_grid_weights  # noqa: PLC0415
-
     where = "resize_images"
     check_array(images, "images", where, ndim=4, floating=True)
     if (not isinstance(size, (tuple, list)) or len(size) != 2
@@ -128,7 +130,7 @@ def resize_images(images, size):
     _, _, h, w = images.shape
 
     def weights(n_in, n_out):                         # (n_out, n_in)
-        return _pixel_to_grid_weights(xp.zeros(1), xp.full(1, float(n_in)), n_in, int(n_out), xp,
+        return pixel_to_grid_weights(xp.zeros(1), xp.full(1, float(n_in)), n_in, int(n_out), xp,
                                       xp.float64)[0].astype(images.dtype)
 
     return xp.ascontiguousarray(xp.matmul(xp.matmul(weights(h, size[0]), images), weights(w, size[1]).T))
@@ -161,7 +163,7 @@ def matrix_nms_decay(masks, scores, labels=None, sigma=2.0):
     labels: (D,) class ids to decay only within a class, or None to compare all detections.
     sigma > 0: larger decays overlapping detections more (SOLOv2's default 2.0). Returns factors
     in (0, 1]; the first detection's is 1. See the module docstring for the formula. The mask
-    IoUs are :func:`mrcnn_ref.evaluate.mask_iou`'s, the COCO evaluation's own.
+    IoUs are :func:`mrcnn_ref.data.masks.mask_iou`'s, the COCO evaluation's own.
     """
     where = "matrix_nms_decay"
     check_array(masks, "masks", where, ndim=3)
@@ -186,3 +188,111 @@ def matrix_nms_decay(masks, scores, labels=None, sigma=2.0):
     decay = xp.where(above, factors, xp.inf).min(axis=0)
     decay[0] = 1.0                                        # (entry (0, j) has comp_0 = 0: decay <= 1)
     return decay
+
+
+def uses_refinements(config) -> bool:
+    """Whether a model config asks for any test-time refinement."""
+    return bool(config.test_flip or tuple(config.test_scales) != (1.0,) or config.box_refine
+                or config.mask_rescoring or config.matrix_nms != "off")
+
+
+class TestTimePredictor:
+    """Inference with the model config's test-time refinements (see the module docstring).
+
+    ``TestTimePredictor(model)(images (1, 3, H, W), score_thresh=None)`` returns the same dict as
+    :meth:`MaskRCNN.predict <mrcnn_ref.model.mask_rcnn.MaskRCNN.predict>`. The steps are the
+    paper's, with views added: the proposals come from the image itself; the box head sees them
+    in every view (:meth:`box_outputs_in_views`); per-class NMS; with ``box_refine`` the box head
+    once more at the detections (:meth:`refine_boxes`); the mask head in every view, averaged;
+    with ``mask_rescoring`` each score times its mask's maskness; the masks pasted; with
+    ``matrix_nms`` each score times its Matrix NMS decay.
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, images, score_thresh=None):
+        model, cfg = self.model, self.model.config
+        if not uses_refinements(cfg):
+            return model.predict(images, score_thresh)
+        where = "TestTimePredictor"
+        padded, (h, w) = model.prepare_image(images, where)
+        xp = get_array_module(padded)
+        try:
+            feats = model.backbone(padded)
+            proposals = model.proposals(feats, (h, w))
+            views = [(feats, False, 1.0)]                        # (features, mirrored, scale)
+            for s in cfg.test_scales:
+                for mirrored in ((False, True) if cfg.test_flip else (False,)):
+                    if s != 1.0 or mirrored:
+                        views.append((model.backbone(self.view_image(images, mirrored, s, where)),
+                                      mirrored, s))
+            class_logits, box_deltas = self.box_outputs_in_views(views, proposals, (h, w))
+            boxes, scores, labels = model.detections(class_logits, box_deltas, proposals, (h, w),
+                                                     score_thresh)
+            if boxes.shape[0] > 0 and cfg.box_refine:
+                boxes = self.refine_boxes(views, boxes, labels, (h, w))
+            if boxes.shape[0] > 0:
+                probs = 0
+                for f, mirrored, s in views:
+                    p = model.mask_probs(f, self.boxes_in_view(boxes, mirrored, s, (h, w)), labels)
+                    probs = probs + (unflip_masks(p) if mirrored else p)
+                probs = probs / len(views)
+                if cfg.mask_rescoring:
+                    scores = scores * maskness(probs, cfg.mask_threshold)
+                    order = argsort_descending(scores)
+                    boxes, scores, labels, probs = boxes[order], scores[order], labels[order], probs[order]
+                masks = paste_masks_in_image(probs, boxes, (h, w), threshold=cfg.mask_threshold)
+                if cfg.matrix_nms != "off":
+                    scores = scores * matrix_nms_decay(
+                        masks, scores, labels if cfg.matrix_nms == "per_class" else None,
+                        sigma=cfg.matrix_nms_sigma).astype(scores.dtype)
+                    order = argsort_descending(scores)
+                    boxes, scores, labels, masks = boxes[order], scores[order], labels[order], masks[order]
+            else:
+                masks = xp.zeros((0, h, w), dtype=bool)
+        finally:
+            model.clear_caches()
+        return dict(boxes=boxes, scores=scores, labels=labels, masks=masks)
+
+    def view_image(self, images, mirrored, scale, where="TestTimePredictor"):
+        """A test-time view of ``images (1, 3, H, W)``: mirrored and/or enlarged by ``scale``,
+        padded to /32 (the mirror of the *unpadded* image, padded on the right like the image)."""
+        view = images[:, :, :, ::-1] if mirrored else images
+        if scale != 1.0:
+            h, w = images.shape[2:]
+            view = resize_images(view, (round(h * scale), round(w * scale)))
+        return self.model.prepare_image(view, where)[0]
+
+    @staticmethod
+    def boxes_in_view(boxes, mirrored, scale, image_size):
+        """``boxes (N, 4)`` of the image in the coordinates of the view :meth:`view_image` makes."""
+        h, w = image_size
+        if mirrored:
+            boxes = hflip_boxes(boxes, w)
+        if scale != 1.0:      # the per-axis factors of the rounded view size
+            xp = get_array_module(boxes)
+            f = xp.asarray([round(w * scale) / w, round(h * scale) / h] * 2, dtype=boxes.dtype)
+            boxes = boxes * f
+        return boxes
+
+    def box_outputs_in_views(self, views, boxes, image_size):
+        """The box head on ``boxes (P, 4)`` of the image in every view ``(features, mirrored,
+        scale)``, averaged (:func:`average_box_outputs`); the image alone gives the head's own
+        outputs, as in :meth:`MaskRCNN.predict <mrcnn_ref.model.mask_rcnn.MaskRCNN.predict>`."""
+        if len(views) == 1:
+            return self.model.box_outputs(views[0][0], boxes)
+        return average_box_outputs(
+            [(*self.model.box_outputs(f, self.boxes_in_view(boxes, mirrored, s, image_size)), mirrored)
+             for f, mirrored, s in views])
+
+    def refine_boxes(self, views, boxes, labels, image_size):
+        """Iterative box regression (Gidaris & Komodakis 2015; Cascade R-CNN's "iterative BBox"):
+        the box head once more, now on the detections ``boxes (D, 4)`` themselves, averaged over
+        the test-time ``views``; each box moves by its own class's deltas. The scores stay those
+        of the first pass (averaging in the second pass's class probability changed nothing)."""
+        xp = get_array_module(boxes)
+        _, deltas = self.box_outputs_in_views(views, boxes, image_size)
+        own = deltas.reshape(boxes.shape[0], -1, 4)[xp.arange(boxes.shape[0]), labels]   # (D, 4)
+        refined = decode_boxes(own, boxes, weights=self.model.config.box_weights)
+        return clip_boxes(refined, (float(image_size[0]), float(image_size[1]))).astype(boxes.dtype)

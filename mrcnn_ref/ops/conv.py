@@ -36,7 +36,7 @@ which BLAS does all the arithmetic.
   With a stride s > 1 the dilated gradient is mostly zeros (s*s times more work), and with
   Cout > Cin its column matrix is larger than the forward one. Then the equivalent *col2im* form
   is cheaper: ``dcols = w2d.T @ dout2d`` and each column is added back into its window (a loop
-  over the kh*kw kernel offsets, each a vectorised strided add). ``DX_METHOD`` chooses; "auto"
+  over the kh*kw kernel offsets, each a vectorised strided add). The ``dx_method`` argument chooses; "auto"
   picks the smaller temporary.
 
   When the kernel *equals* the stride and there is no padding (Mask R-CNN's 2×2, stride-2
@@ -192,23 +192,24 @@ def _tiles(w, in_hw, out_hw, stride, padding):
             and tuple(in_hw) == (out_hw[0] * kh, out_hw[1] * kw))
 
 
-#: How :func:`conv2d_backward` (and so :func:`conv_transpose2d_forward`) computes ``dx``:
-#: ``"transposed"`` (dilate + flipped-kernel convolution), ``"col2im"``, or ``"auto"``: the
-#: transposed convolution unless col2im needs a smaller temporary matrix — which is the case
-#: for every stride > 1 (the dilated gradient is mostly zeros: s*s times more work) and when
-#: Cout > Cin — or, when the windows tile the input (kernel == stride, no padding), the direct
-#: per-pixel product (:func:`_input_grad_tiled`). All give the same numbers (tested against each
-#: other and against PyTorch).
-DX_METHOD = "auto"
+#: How :func:`conv2d_backward` (and so :func:`conv_transpose2d_forward`) computes ``dx``, their
+#: ``dx_method`` argument: ``"transposed"`` (dilate + flipped-kernel convolution), ``"col2im"``, or
+#: ``"auto"``: the transposed convolution unless col2im needs a smaller temporary matrix — which
+#: is the case for every stride > 1 (the dilated gradient is mostly zeros: s*s times more work)
+#: and when Cout > Cin — or, when the windows tile the input (kernel == stride, no padding), the
+#: direct per-pixel product (:func:`_input_grad_tiled`). All give the same numbers (tested
+#: against each other and against PyTorch).
+DX_METHODS = ("auto", "transposed", "col2im")
 
 
-def _input_grad(dout, w, in_hw, stride, padding):
+def _input_grad(dout, w, in_hw, stride, padding, method="auto"):
     """Gradient of ``conv2d(x, w, stride, padding)`` w.r.t. ``x (N, Cin, H, W)``, given ``dout``.
 
-    Dispatches on :data:`DX_METHOD` to :func:`_input_grad_transposed` or
+    Dispatches on ``method`` (:data:`DX_METHODS`) to :func:`_input_grad_transposed` or
     :func:`_input_grad_col2im` ("auto": or :func:`_input_grad_tiled` when the windows tile).
     """
-    method = DX_METHOD
+    if method not in DX_METHODS:
+        raise ValueError(f"conv2d_backward: dx_method must be one of {DX_METHODS}, got {method!r}")
     if method == "auto" and _tiles(w, in_hw, dout.shape[2:], stride, padding):
         return _input_grad_tiled(dout, w, in_hw)
     if method == "auto":
@@ -220,9 +221,7 @@ def _input_grad(dout, w, in_hw, stride, padding):
         method = "col2im" if col2im < transposed else "transposed"
     if method == "transposed":
         return _input_grad_transposed(dout, w, in_hw, stride, padding)
-    if method == "col2im":
-        return _input_grad_col2im(dout, w, in_hw, stride, padding)
-    raise ValueError(f"conv2d_backward: DX_METHOD must be 'auto', 'transposed' or 'col2im', got {method!r}")
+    return _input_grad_col2im(dout, w, in_hw, stride, padding)
 
 
 def _weight_grad(dout, cols, kh, kw, cin):
@@ -295,12 +294,13 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     return out, cache
 
 
-def conv2d_backward(dout, cache, need_dx=True):
+def conv2d_backward(dout, cache, need_dx=True, dx_method="auto"):
     """Gradients of :func:`conv2d_forward`.
 
     dout : (N, Cout, Ho, Wo). Returns ``(dx (N, Cin, H, W), dw (Cout, Cin, kh, kw), db (Cout,) or None)``.
     ``need_dx=False`` skips ``dx`` (returned as None) where nothing needs it — the first layer's
-    input is the image — which saves the backward's second matrix product.
+    input is the image — which saves the backward's second matrix product. ``dx_method``: how
+    ``dx`` is computed (:data:`DX_METHODS`; the same numbers).
     """
     (kind, kept), in_hw, w, stride, padding, has_bias = cache
     cout, cin, kh, kw = w.shape
@@ -308,14 +308,14 @@ def conv2d_backward(dout, cache, need_dx=True):
     dw = _weight_grad(dout, cols, kh, kw, cin)
     del cols                                             # a rebuilt one is freed before dx builds its own
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
-    dx = _input_grad(dout, w, in_hw, stride, padding) if need_dx else None
+    dx = _input_grad(dout, w, in_hw, stride, padding, dx_method) if need_dx else None
     return dx, dw, db
 
 
 # ---------------------------------------------------------------------------------------------
 # conv_transpose2d
 # ---------------------------------------------------------------------------------------------
-def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0):
+def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0, dx_method="auto"):
     """Transposed convolution ("deconvolution"), NCHW, PyTorch weight layout.
 
     A transposed convolution is *the backward of a convolution with respect to its input*. Take
@@ -352,7 +352,7 @@ def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0
     if hout <= 0 or wout <= 0:
         raise ValueError(f"{where}: output size ({hout}, {wout}) is not positive for x shape "
                          f"{tuple(x.shape)}, kernel ({kh}, {kw}), stride {(sh, sw)}, padding {(ph, pw)}")
-    out = _input_grad(x, w, (hout, wout), (sh, sw), (ph, pw))
+    out = _input_grad(x, w, (hout, wout), (sh, sw), (ph, pw), dx_method)
     if b is not None:
         out += b.reshape(1, cout, 1, 1)
     cache = (x, w, (sh, sw), (ph, pw), b is not None)

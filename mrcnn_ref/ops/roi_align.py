@@ -41,85 +41,19 @@ products give every sample's bilinear value, and the max is taken over the sampl
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
-from .._checks import check_array, pair, reads_values
 from ..backend import asnumpy, get_array_module, is_host, scatter_add
+from .roi_common import CHUNK_ELEMS, check_roi_args, check_sampling, chunks_by_area, convert_boxes_to_rois
 
 __all__ = [
     "roi_align", "roi_align_forward", "roi_align_backward",
     "roi_align_max", "roi_align_max_forward", "roi_align_max_backward",
     "bilinear_sample", "convert_boxes_to_rois", "axis_sample_points",
+    "bilinear_pool_forward", "bilinear_pool_backward",
 ]
 
-# Upper bound on the number of elements of the largest temporary (gathered windows) per chunk.
-_CHUNK_ELEMS = 1 << 23
-
-
-# ----------------------------------------------------------------------------------------------
-# input validation shared by all RoI ops (roi_pool / roi_warp import these)
-# ----------------------------------------------------------------------------------------------
-def convert_boxes_to_rois(boxes, where: str = "convert_boxes_to_rois", xp=None, dtype=None):
-    """``boxes`` as a (K, 5) array ``[batch_index, x1, y1, x2, y2]``.
-
-    Accepts a (K, 5) array or, like torchvision, a list of per-image (K_i, 4) arrays (the list
-    position is the batch index).
-    """
-    if isinstance(boxes, (list, tuple)):
-        parts = []
-        for i, b in enumerate(boxes):
-            check_array(b, f"boxes[{i}]", where, shape=(None, 4), floating=True)
-            xp_ = get_array_module(b) if xp is None else xp
-            idx = xp_.full((b.shape[0], 1), i, dtype=b.dtype)
-            parts.append(xp_.concatenate([idx, b], axis=1))
-        if not parts:
-            xp_ = np if xp is None else xp
-            return xp_.zeros((0, 5), dtype=dtype or np.float64)
-        xp_ = get_array_module(*boxes) if xp is None else xp
-        rois = xp_.concatenate([p.astype(parts[0].dtype, copy=False) for p in parts], axis=0)
-    else:
-        if not hasattr(boxes, "shape"):
-            raise TypeError(f"{where}: boxes must be a (K, 5) array [batch_index, x1, y1, x2, y2] or a "
-                            f"list of (K_i, 4) arrays, got {type(boxes).__name__}")
-        check_array(boxes, "boxes", where, shape=(None, 5), floating=True)
-        rois = boxes
-    return rois if dtype is None else rois.astype(dtype, copy=False)
-
-
-def _check_roi_args(input, boxes, output_size, spatial_scale, where):
-    """Validate the common arguments; return ``(xp, rois (K, 5) in input dtype, (PH, PW), scale)``."""
-    check_array(input, "input", where, ndim=4, floating=True)
-    xp = get_array_module(input)
-    rois = convert_boxes_to_rois(boxes, where, xp=xp, dtype=input.dtype)
-    if get_array_module(rois) is not xp:
-        raise TypeError(f"{where}: boxes and input must live on the same device (numpy vs cupy)")
-    check_array(rois, "boxes", where, finite=True)
-    ph, pw = pair(output_size, "output_size", where)
-    if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{where}: spatial_scale must be a number, got {type(spatial_scale).__name__}")
-    spatial_scale = float(spatial_scale)
-    if not (math.isfinite(spatial_scale) and spatial_scale > 0):
-        raise ValueError(f"{where}: spatial_scale must be a finite number > 0, got {spatial_scale}")
-    if rois.shape[0] and reads_values(rois):
-        bidx = rois[:, 0]
-        if not bool(xp.all(bidx == xp.floor(bidx))):
-            raise ValueError(f"{where}: boxes[:, 0] (batch index) must hold integral values")
-        lo, hi = float(bidx.min()), float(bidx.max())
-        if lo < 0 or hi >= input.shape[0]:
-            raise ValueError(f"{where}: boxes[:, 0] (batch index) must lie in [0, {input.shape[0] - 1}] "
-                             f"for an input of batch size {input.shape[0]}, got values in [{lo:g}, {hi:g}]")
-    return xp, rois, (ph, pw), spatial_scale
-
-
-def _check_sampling(sampling_ratio, aligned, where):
-    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, (int, np.integer)):
-        raise TypeError(f"{where}: sampling_ratio must be an int (<= 0 means adaptive), got "
-                        f"{type(sampling_ratio).__name__}")
-    if not isinstance(aligned, (bool, np.bool_)):
-        raise TypeError(f"{where}: aligned must be a bool, got {type(aligned).__name__}")
-    return int(sampling_ratio), bool(aligned)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,28 +175,6 @@ def _window_matrices(coords, grid, length, per_sample, xp, dtype, full=False):
     return A.reshape(K, R, S), origin, extent
 
 
-def _chunks(extent_y, extent_x, n_inner):
-    """Split RoIs (sorted by window area) into chunks whose gathered windows stay small."""
-    area = asnumpy(extent_y) * asnumpy(extent_x)
-    order = np.argsort(area, kind="stable")
-    out, start = [], 0
-    K = len(order)
-    while start < K:
-        stop = start + 1
-        # grow while (count * max area * inner) stays under budget; areas are sorted ascending
-        lo, hi = stop, K
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if (mid - start) * int(area[order[mid - 1]]) * n_inner <= _CHUNK_ELEMS:
-                lo = mid
-            else:
-                hi = mid - 1
-        stop = max(lo, start + 1)
-        out.append(order[start:stop])
-        start = stop
-    return out
-
-
 def _gather_windows(F_nhwc, b, oy, ox, Sh, Sw, xp):
     """(k, Sh, Sw, C) windows of ``F_nhwc`` (N, H, W, C) at origins (oy, ox) (clipped at the border)."""
     N, H, W, C = F_nhwc.shape
@@ -282,7 +194,7 @@ def _separable_forward(input, b, Ay, oy, ey, Ax, ox, ex):
     if K == 0:
         return out.transpose(0, 3, 1, 2), None
     F = xp.ascontiguousarray(input.transpose(0, 2, 3, 1))
-    chunks = _chunks(ey, ex, C)
+    chunks = chunks_by_area(ey, ex, C)
     for sel in chunks:
         sel_x = xp.asarray(sel)
         Sh, Sw = int(ey[sel_x].max()), int(ex[sel_x].max())
@@ -350,7 +262,7 @@ def _dense_forward(input, b, Ay, Ax):
     out = xp.zeros((K, Q * C, R), dtype=input.dtype)
     for h0, h1, hit in _bands(Ay, H):
         bh = h1 - h0
-        step = max(1, _CHUNK_ELEMS // max(Q * C * bh, 1))
+        step = max(1, CHUNK_ELEMS // max(Q * C * bh, 1))
         for n in range(N):
             idx = xp.nonzero((b == n) & hit)[0]
             if idx.size == 0:
@@ -374,7 +286,7 @@ def _dense_backward(dout, input_shape, b, Ay, Ax):
     d = xp.ascontiguousarray(dout.transpose(0, 3, 1, 2)).reshape(K, Q * C, R)
     for h0, h1, hit in _bands(Ay, H):
         bh = h1 - h0
-        step = max(1, _CHUNK_ELEMS // max(Q * C * bh, 1))
+        step = max(1, CHUNK_ELEMS // max(Q * C * bh, 1))
         for n in range(N):
             idx = xp.nonzero((b == n) & hit)[0]
             for s in range(0, int(idx.size), step):
@@ -419,13 +331,14 @@ def _device_backward(dout, input_shape, b, Ay, Ax):
     return xp.stack(grads)
 
 
-# Which path on the host: "auto" (cost model), "dense" or "window" (tests force each one).
-ROI_ALIGN_PATH = "auto"
+PATHS = ("auto", "dense", "window")   # the host paths: a cost model's choice, or one forced
 
 
-def _use_dense(cy, cx, H, W, K):
-    if ROI_ALIGN_PATH != "auto":
-        return ROI_ALIGN_PATH == "dense"
+def _use_dense(cy, cx, H, W, K, path="auto"):
+    if path not in PATHS:
+        raise ValueError(f"roi_align: path must be one of {PATHS}, got {path!r}")
+    if path != "auto":
+        return path == "dense"
     if K == 0:
         return False
     # window path gathers ~ sum_k extent_y * extent_x pixels per channel (and scatters them back);
@@ -463,8 +376,11 @@ def _roi_geometry(rois, spatial_scale, aligned):
     return y1, h, x1, w
 
 
-def _align_core_forward(input, rois, ph, pw, y_start, y_size, x_start, x_size, sampling_ratio, mode):
-    """Shared by roi_align / roi_align_max / roi_warp once the RoI geometry is known."""
+def bilinear_pool_forward(input, rois, ph, pw, y_start, y_size, x_start, x_size, sampling_ratio, mode,
+                        path="auto"):
+    """Shared by roi_align / roi_align_max / roi_warp once the RoI geometry is known. ``path``
+    chooses the host implementation ("auto", "dense", "window"; a device has one). ``mode``:
+    "avg" (RoIAlign, RoIWarp) or "max" (RoIAlign-max) over each bin's samples."""
     xp = get_array_module(input)
     N, C, H, W = input.shape
     K = rois.shape[0]
@@ -477,7 +393,7 @@ def _align_core_forward(input, rois, ph, pw, y_start, y_size, x_start, x_size, s
     cx, gx = axis_sample_points(x_start, x_size, pw, sampling_ratio, xp, gx_max)
     per_sample = mode == "max"
     on_host = is_host(xp)
-    dense = _use_dense(cy, cx, H, W, K) if on_host else True
+    dense = _use_dense(cy, cx, H, W, K, path) if on_host else True
     Ay, oy, ey = _window_matrices(cy, gy, H, per_sample, xp, input.dtype, full=dense)
     Ax, ox, ex = _window_matrices(cx, gx, W, per_sample, xp, input.dtype, full=dense)
     if not on_host:
@@ -500,7 +416,7 @@ def _align_core_forward(input, rois, ph, pw, y_start, y_size, x_start, x_size, s
     return out, (mode, input.shape, geo, (arg, has, Gy, Gx))
 
 
-def _align_core_backward(dout, cache):
+def bilinear_pool_backward(dout, cache):
     mode, shape, (b, Ay, oy, ey, Ax, ox, ex, chunks), extra = cache
     xp = get_array_module(dout)
     dout = xp.asarray(dout, dtype=Ay.dtype)
@@ -520,17 +436,18 @@ def _align_core_backward(dout, cache):
 # ----------------------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------------------
-def _checked_forward(where, mode, input, boxes, output_size, spatial_scale, sampling_ratio, aligned):
+def _checked_forward(where, mode, input, boxes, output_size, spatial_scale, sampling_ratio, aligned,
+                     path):
     """Validate the public arguments, place the RoIs, and run the shared core in ``mode``
     ("avg" for RoIAlign, "max" for RoIAlign-max)."""
-    _, rois, (ph, pw), scale = _check_roi_args(input, boxes, output_size, spatial_scale, where)
-    sampling_ratio, aligned = _check_sampling(sampling_ratio, aligned, where)
+    _, rois, (ph, pw), scale = check_roi_args(input, boxes, output_size, spatial_scale, where)
+    sampling_ratio, aligned = check_sampling(sampling_ratio, aligned, where)
     y1, h, x1, w = _roi_geometry(rois, scale, aligned)
-    return _align_core_forward(input, rois, ph, pw, y1, h, x1, w, sampling_ratio, mode)
+    return bilinear_pool_forward(input, rois, ph, pw, y1, h, x1, w, sampling_ratio, mode, path)
 
 
 def roi_align_forward(input, boxes, output_size, spatial_scale: float = 1.0, sampling_ratio: int = -1,
-                      aligned: bool = False):
+                      aligned: bool = False, *, path: str = "auto"):
     """RoIAlign (average of bilinear samples per bin), forward.
 
     input: (N, C, H, W) float features. boxes: (K, 5) ``[batch_index, x1, y1, x2, y2]`` in image
@@ -538,43 +455,46 @@ def roi_align_forward(input, boxes, output_size, spatial_scale: float = 1.0, sam
     spatial_scale: feature-map pixels per image pixel (1/stride). sampling_ratio: samples per bin
     along each axis (<= 0: adaptive ``ceil(roi_size / output_size)``). aligned: shift by -0.5 pixel
     so that pixel centres sit at half-integers (the "correct" alignment of Detectron2).
-    Returns ``(out (K, C, PH, PW), cache)``.
+    path: the host implementation — "dense" (whole-axis matrices), "window" (gathered windows)
+    or "auto" (a cost model picks; same numbers). Returns ``(out (K, C, PH, PW), cache)``.
     """
     return _checked_forward("roi_align_forward", "avg", input, boxes, output_size, spatial_scale,
-                            sampling_ratio, aligned)
+                            sampling_ratio, aligned, path)
 
 
 def roi_align_backward(dout, cache):
     """Gradient of :func:`roi_align_forward` w.r.t. ``input``: dout (K, C, PH, PW) -> (N, C, H, W)."""
-    return _align_core_backward(dout, cache)
+    return bilinear_pool_backward(dout, cache)
 
 
 def roi_align(input, boxes, output_size, spatial_scale: float = 1.0, sampling_ratio: int = -1,
-              aligned: bool = False):
+              aligned: bool = False, *, path: str = "auto"):
     """``torchvision.ops.roi_align`` equivalent: (N, C, H, W), boxes -> (K, C, PH, PW)."""
-    return roi_align_forward(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)[0]
+    return roi_align_forward(input, boxes, output_size, spatial_scale, sampling_ratio, aligned,
+                             path=path)[0]
 
 
 def roi_align_max_forward(input, boxes, output_size, spatial_scale: float = 1.0, sampling_ratio: int = -1,
-                          aligned: bool = False):
+                          aligned: bool = False, *, path: str = "auto"):
     """RoIAlign with the MAX over each bin's bilinear samples (the paper's alternative), forward.
 
     Same sample points as :func:`roi_align_forward`. Choices: a sample outside ``[-1, H] × [-1, W]``
     reads 0 and takes part in the max (as it takes part in the average); ties go to the first
     sample in (iy, ix) row-major order; a RoI with no samples (zero size with ``aligned=True``)
-    gives 0. Returns ``(out (K, C, PH, PW), cache)``.
+    gives 0. ``path`` as in :func:`roi_align_forward`. Returns ``(out (K, C, PH, PW), cache)``.
     """
     return _checked_forward("roi_align_max_forward", "max", input, boxes, output_size, spatial_scale,
-                            sampling_ratio, aligned)
+                            sampling_ratio, aligned, path)
 
 
 def roi_align_max_backward(dout, cache):
     """Gradient of :func:`roi_align_max_forward`: each output's gradient goes to the 4 bilinear
     neighbours of its argmax sample, with that sample's bilinear weights."""
-    return _align_core_backward(dout, cache)
+    return bilinear_pool_backward(dout, cache)
 
 
 def roi_align_max(input, boxes, output_size, spatial_scale: float = 1.0, sampling_ratio: int = -1,
-                  aligned: bool = False):
+                  aligned: bool = False, *, path: str = "auto"):
     """RoIAlign-max output only (see :func:`roi_align_max_forward`)."""
-    return roi_align_max_forward(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)[0]
+    return roi_align_max_forward(input, boxes, output_size, spatial_scale, sampling_ratio, aligned,
+                                 path=path)[0]

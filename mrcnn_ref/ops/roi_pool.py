@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import asnumpy, get_array_module, scatter_add
-from .roi_align import _check_roi_args, _chunks
+from .roi_common import check_roi_args, chunks_by_area
 
 __all__ = ["roi_pool", "roi_pool_forward", "roi_pool_backward", "round_half_away"]
 
@@ -120,7 +120,7 @@ def _forward_separable(input, b, hs, he, ws, we, xp):
     # RoI row windows: rows r0 .. r0 + extent - 1 cover all its bins
     r0 = xp.where(he[:, -1] > hs[:, 0], hs[:, 0], 0)
     extent = xp.maximum(he[:, -1] - r0, 1)
-    for sel_np in _chunks(asnumpy(extent), np.full(K, pw), C * (1 + ph)):
+    for sel_np in chunks_by_area(asnumpy(extent), np.full(K, pw), C * (1 + ph)):
         sel = xp.asarray(sel_np)
         k = int(sel.shape[0])
         Sh = int(extent[sel].max())
@@ -283,7 +283,7 @@ def roi_pool_forward(input, boxes, output_size, spatial_scale: float = 1.0):
     numbers and the same argmax (the first maximum in row-major order).
     """
     where = "roi_pool_forward"
-    xp, rois, (ph, pw), scale = _check_roi_args(input, boxes, output_size, spatial_scale, where)
+    xp, rois, (ph, pw), scale = check_roi_args(input, boxes, output_size, spatial_scale, where)
     N, C, H, W = input.shape
     K = rois.shape[0]
     b = rois[:, 0].astype(np.int64)

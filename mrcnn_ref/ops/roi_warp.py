@@ -20,7 +20,8 @@ Backward is RoIAlign's (the op is linear in the features; the rounded coordinate
 """
 from __future__ import annotations
 
-from .roi_align import _align_core_backward, _align_core_forward, _check_roi_args, _check_sampling
+from .roi_align import bilinear_pool_backward, bilinear_pool_forward
+from .roi_common import check_roi_args, check_sampling
 from .roi_pool import round_half_away
 
 __all__ = ["roi_warp", "roi_warp_forward", "roi_warp_backward"]
@@ -35,20 +36,20 @@ def roi_warp_forward(input, boxes, output_size, spatial_scale: float = 1.0, samp
     Returns ``(out (K, C, PH, PW), cache)``.
     """
     where = "roi_warp_forward"
-    xp, rois, (ph, pw), scale = _check_roi_args(input, boxes, output_size, spatial_scale, where)
-    sampling_ratio, _ = _check_sampling(sampling_ratio, False, where)
+    xp, rois, (ph, pw), scale = check_roi_args(input, boxes, output_size, spatial_scale, where)
+    sampling_ratio, _ = check_sampling(sampling_ratio, False, where)
     x1 = round_half_away(rois[:, 1] * scale)
     y1 = round_half_away(rois[:, 2] * scale)
     x2 = round_half_away(rois[:, 3] * scale)
     y2 = round_half_away(rois[:, 4] * scale)
     h = xp.maximum(y2 - y1, 1.0)
     w = xp.maximum(x2 - x1, 1.0)
-    return _align_core_forward(input, rois, ph, pw, y1, h, x1, w, sampling_ratio, "avg")
+    return bilinear_pool_forward(input, rois, ph, pw, y1, h, x1, w, sampling_ratio, "avg")
 
 
 def roi_warp_backward(dout, cache):
     """Gradient of :func:`roi_warp_forward` w.r.t. ``input``: (K, C, PH, PW) -> (N, C, H, W)."""
-    return _align_core_backward(dout, cache)
+    return bilinear_pool_backward(dout, cache)
 
 
 def roi_warp(input, boxes, output_size, spatial_scale: float = 1.0, sampling_ratio: int = -1):
