@@ -379,7 +379,9 @@ def _roi_geometry(rois, spatial_scale, aligned):
 def bilinear_pool_forward(input, rois, ph, pw, y_start, y_size, x_start, x_size, sampling_ratio, mode,
                         path="auto"):
     """Shared by roi_align / roi_align_max / roi_warp once the RoI geometry is known. ``path``
-    chooses the host implementation ("auto", "dense", "window"; a device has one). ``mode``:
+    chooses the implementation: "auto" — on the host a cost model picks "dense" or "window", on
+    a device the device path; "dense" or "window" force a host path (on a device too, where they
+    read the RoIs' extents back). ``mode``:
     "avg" (RoIAlign, RoIWarp) or "max" (RoIAlign-max) over each bin's samples."""
     xp = get_array_module(input)
     N, C, H, W = input.shape
@@ -392,11 +394,11 @@ def bilinear_pool_forward(input, rois, ph, pw, y_start, y_size, x_start, x_size,
     cy, gy = axis_sample_points(y_start, y_size, ph, sampling_ratio, xp, gy_max)
     cx, gx = axis_sample_points(x_start, x_size, pw, sampling_ratio, xp, gx_max)
     per_sample = mode == "max"
-    on_host = is_host(xp)
-    dense = _use_dense(cy, cx, H, W, K, path) if on_host else True
+    device_path = path == "auto" and not is_host(xp)
+    dense = True if device_path else _use_dense(cy, cx, H, W, K, path)
     Ay, oy, ey = _window_matrices(cy, gy, H, per_sample, xp, input.dtype, full=dense)
     Ax, ox, ex = _window_matrices(cx, gx, W, per_sample, xp, input.dtype, full=dense)
-    if not on_host:
+    if device_path:
         vals, chunks = _device_forward(input, b, Ay, Ax), "device"
     elif dense:
         vals, chunks = _dense_forward(input, b, Ay, Ax), None
