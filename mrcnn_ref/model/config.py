@@ -247,38 +247,12 @@ def config_from_dict(d: dict) -> MaskRCNNConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # Shapes objects are 10-60 px: anchors 16..256 on P2..P6 with three scales per level
-    # (1, 2^(1/3), 2^(2/3), as RetinaNet) give every object several positive anchors. With the FPN
-    # paper's single 8..128 size per level most objects had one positive anchor at IoU ~0.5, the RPN
-    # box regression hardly learned, and mask AP after 5,000 iterations was 0.58 instead of 0.69.
-    # 128-px images with 1-4 objects need far fewer proposals and RoIs than COCO: 500 boxes per
-    # level into the training NMS (not 2,000), 256 proposals kept (not 512) and 64 sampled RoIs
-    # per image (Fast R-CNN's 2 images x 64 RoIs; matterport's shapes config uses 32) made an
-    # iteration ~1.6x faster at the same mask AP after 3,000 iterations.
-    # Inference uses flip test-time augmentation and mask rescoring (mrcnn_ref.model.tta): on the
-    # shipped checkpoint, 200 val images, bbox AP 0.845 -> 0.869 and segm AP 0.844 -> 0.868 for
-    # ~1.8x the inference time (README "Training status"). Per-class NMS at IoU 0.7, not 0.5:
-    # shapes overlap and nest, so true neighbours of one class often have boxes at IoU > 0.5.
-    # Chosen on a tuning set apart from val (training-split images 2000-2299, which the recipe
-    # never trains on: `evaluate --split train --first-image 2000 --num-images 300`). At NMS
-    # 0.5 / 0.6 / 0.7 / 0.8: segm AP 0.8675 / 0.8705 / 0.8717 / 0.8704, bbox AP 0.855 / 0.859 /
-    # 0.859 / 0.859, segm AP50 0.962 / 0.962 / 0.962 / 0.951 (re-checked with roi_aligned below:
-    # segm AP 0.8722 / 0.8731 / 0.8737 / 0.8720, bbox AP 0.861 / 0.861 / 0.864 / 0.863).
-    # RoIAlign with the half-pixel shift (aligned=True, Detectron2's choice; torchvision's default
-    # is False): on the tuning images, two seeds each, +0.005 bbox AP and +0.0065 segm AP on
-    # average (seed 0: 0.8590 -> 0.8637 / 0.8717 -> 0.8737; seed 1: 0.8563 -> 0.8620 / 0.8648 ->
-    # 0.8759), over the +0.005 segm AP bar set beforehand for changing the preset.
-    # Matrix NMS across classes (SOLOv2's score decay by mask IoU, its sigma 2.0; visible shapes
-    # never overlap, so overlapping masks of any two classes mean a wrong detection): on the
-    # tuning images bbox AP 0.8637 -> 0.8658, segm AP 0.8737 -> 0.8761, segm AP50 0.9609 ->
-    # 0.9665 (per class: 0.8644 / 0.8749 / 0.9643).
-    # Test-time views at 1.5x too (each with its mirror; same proposals): on the tuning images
-    # segm AP 0.8761 -> 0.8962, AP50 0.9665 -> 0.9757, bbox AP 0.8658 -> 0.8746 (1.25x: 0.8907;
-    # 2x: 0.8869; 1.25x and 1.5x: 0.8947), for ~2.2x the inference time.
-    # A second box-head pass on the detections (iterative box regression, `box_refine`): on the
-    # tuning images bbox AP 0.8746 -> 0.8951, segm AP 0.8962 -> 0.9033, AP50 0.9757 -> 0.9743
-    # (two passes: 0.8925 / 0.9010; averaging the two passes' scores: 0.8955 / 0.9036), for ~2 %
-    # more inference time.
+    # Sized for 128-px images with 1-4 objects of 10-60 px: anchors 16..256 with three scales
+    # per level (RetinaNet's 2^(0, 1/3, 2/3)) so every object has several positive anchors; fewer
+    # proposals and RoIs than COCO needs. RoIAlign with the half-pixel shift (Detectron2's
+    # aligned=True); per-class NMS at IoU 0.7, since shapes overlap and nest. Test-time
+    # refinements (mrcnn_ref.model.tta), each chosen on training-split images 2000-2299 that the
+    # recipe never trains on. The findings behind every value: docs/recipe.md.
     "shapes": dict(name="shapes", anchor_sizes=(16, 32, 64, 128, 256),
                    anchor_scales=(1.0, 1.26, 1.587),                 # ~2^(0, 1/3, 2/3)
                    rpn_pre_nms_top_n_train=500, rpn_post_nms_top_n_train=256,

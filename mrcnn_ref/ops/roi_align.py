@@ -351,14 +351,9 @@ def _use_dense(cy, cx, H, W, K, path="auto"):
     return dense < _DENSE_FACTOR * window
 
 
-# The window path also pays a scatter-add in backward, and its gathers are slow; the dense path
-# skips the row bands no RoI touches. Measured on the 2-core CPU (float32, sampling 2, 7x7,
-# forward / backward ms, window vs dense): 512 RoIs up to 512 px on 2x256x64x64 at 1/16: 136/564 vs
-# 78/60; 128 RoIs of 4-60 px on 1x64x32x32 at 1/4 (shapes training): 3.4/8.8 vs 2.3/1.5; 512 RoIs
-# of 4-200 px on 1x256x100x100 at 1/8 (cost ratio ~370): 132/447 vs 65/62. Tiny RoIs on a large
-# map (512 RoIs of 4-64 px, 1x256x200x200, ratio ~2,900) are the one case seen where the window
-# forward is faster, and even there forward+backward is not: 63/260 vs 94/135. The previous factor, 64, sent all but the first case to the window path; with it a
-# shapes training iteration took 0.14 s instead of 0.11 s.
+# The window path also pays a scatter-add in backward and its gathers are slow, while the dense
+# path skips the row bands no RoI touches: measured forward + backward, the dense path wins in all
+# but extreme cases (tiny RoIs on a large map), hence a large factor. Measurements: docs/recipe.md.
 _DENSE_FACTOR = 4096.0
 
 
