@@ -35,7 +35,7 @@ from .backend import backend_name
 from .data.transforms import random_hflip, to_model_input
 from .model.config import load_config
 from .model.mask_rcnn import LOSS_NAMES, MaskRCNN
-from .nn.checkpoint import load_checkpoint
+from .nn.checkpoint import CheckpointError, load_checkpoint
 from .nn.optim import SGD, AdamW, WarmupCosineLR, WarmupMultiStepLR, clip_grad_norm, global_grad_norm
 from .parallel import GradientWorkers, can_fork, share_parameters
 from .run_config import TrainConfig, build_dataset, load_run_config, trained_fields
@@ -155,11 +155,20 @@ def _helper_processes(tcfg, xp, log) -> int:
 
 
 def _resume(folder, model, optim, rcfg, seed, log):
-    """Load the newest checkpoint of ``folder``; returns ``(iteration, history)``."""
-    path = folder.latest_checkpoint()
-    if path is None:
+    """Load the newest intact checkpoint of ``folder``; returns ``(iteration, history)``. A damaged
+    one (a crash while the disk filled, a copy cut short) is skipped with a message."""
+    found = folder.checkpoints()
+    if not found:
         raise ValueError(f"train --resume: no checkpoint_*.npz in {folder.path!r} to resume from")
-    ck = load_checkpoint(path, expected=model.named_parameters())
+    for _, path in reversed(found):
+        try:
+            ck = load_checkpoint(path, expected=model.named_parameters())
+            break
+        except CheckpointError as e:
+            log(f"train --resume: skipping {path}: {e}")
+    else:
+        raise ValueError(f"train --resume: no intact checkpoint in {folder.path!r} "
+                         f"({len(found)} damaged)")
     saved = ck["config"] or {}
     try:   # through the loader, so fields added to the config since the save get their defaults
         saved_model = trained_fields(load_config(dict(saved["model"])))
@@ -197,7 +206,7 @@ def _categories(dataset) -> list:
 
 def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = False,
           iterations=None, progress: bool = True, log=print, keep_checkpoints: int = 3,
-          backend=None):
+          backend=None, overwrite: bool = False):
     """Train Mask R-CNN; returns the loss history (a dict of lists, one entry per iteration).
 
     Writes ``out_dir/config.json``, ``out_dir/checkpoint_XXXXXX.npz`` every ``checkpoint_every``
@@ -208,6 +217,10 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
     as an uninterrupted run). ``iterations`` overrides the config's number of iterations.
     ``backend`` ('numpy', 'cupy', 'emulated'; default: the default backend) holds the parameters,
     gradients and optimizer state; the dataset stays on the host and each sample is moved once.
+
+    A fresh run refuses an ``out_dir`` that holds a run, unless ``overwrite`` (the old run is moved
+    aside to ``out_dir.old-N``); a lock file refuses a second run in the same folder at the same
+    time; ``config.json`` and ``history.json`` are written once the first step has succeeded.
     """
     rcfg = load_run_config(config)
     if iterations is not None:
@@ -224,6 +237,22 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
                          f"config says {rcfg.model.num_classes}")
 
     folder = RunFolder(out_dir)
+    if resume and overwrite:
+        raise ValueError("train: --resume continues the run in --out and --overwrite moves it aside; "
+                         "give one of them")
+    if overwrite:
+        moved = folder.move_aside()
+        if moved:
+            log(f"train: moved the run that was in {folder.path} to {moved}")
+    elif not resume:
+        folder.check_fresh()
+    with folder.lock():
+        return _train_in(folder, rcfg, dataset, seed, resume, progress, log, keep_checkpoints, backend)
+
+
+def _train_in(folder, rcfg, dataset, seed, resume, progress, log, keep_checkpoints, backend):
+    """:func:`train`'s body, with the run folder locked."""
+    tcfg = rcfg.train
     model = MaskRCNN(rcfg.model, rng=np.random.default_rng(seed), backend=backend)
     n_proc = _helper_processes(tcfg, model.array_module, log)
     if n_proc > 1:
@@ -233,7 +262,6 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
     start, history = 0, {k: [] for k in (*LOSS_KEYS, "total", "lr", "seconds")}
     if resume:
         start, history = _resume(folder, model, optim, rcfg, seed, log)
-    folder.write_config(rcfg, seed)
     categories = _categories(dataset)
 
     def diverged(what, it):
@@ -267,6 +295,8 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
             if tcfg.clip_grad_norm > 0:
                 clip_grad_norm(grads, tcfg.clip_grad_norm, total=norm)
             optim.step(grads, lr=lr)
+            if it == start:                                     # the first step worked
+                folder.write_config(rcfg, seed)
 
             for k in LOSS_KEYS:
                 history[k].append(losses[k])
@@ -283,7 +313,8 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
     finally:
         images.close()
         bar.close()
-        folder.write_history(history)
+        if len(history["total"]) > start:                     # only after a step of this run
+            folder.write_history(history)
 
     folder.save(folder.checkpoint_path(), model, optim, rcfg, seed, tcfg.iterations, history, categories)
     plot_loss_curves(history, folder.file("loss_curves.png"))

@@ -16,13 +16,16 @@ Safety:
   checkpoint untouched (the temp file is removed).
 * **No pickle.** :func:`load_checkpoint` uses ``np.load(allow_pickle=False)``, so a file cannot run
   code when loaded; object arrays are refused with a message naming the file and the array.
-* **Validation.** With ``expected`` (a dict of shapes, or of arrays such as
+* **Validation.** A file that is not a zip archive, a damaged or truncated one, a parameter that is
+  not a floating-point array or holds NaN/inf: each is one :class:`CheckpointError` naming the file
+  (and the array). With ``expected`` (a dict of shapes, or of arrays such as
   ``model.named_parameters()``), missing, unexpected or mis-shaped parameters are reported by name.
 """
 from __future__ import annotations
 
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -127,12 +130,22 @@ def load_checkpoint(path, expected: dict | None = None) -> dict:
     path = os.fspath(path)
     if not os.path.exists(path) and os.path.exists(path + ".npz"):
         path += ".npz"
+    if os.path.isdir(path):
+        raise CheckpointError(f"load_checkpoint: {path!r} is a directory, not a checkpoint file")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"load_checkpoint: checkpoint {path!r} does not exist")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"load_checkpoint: {path!r} cannot be read: {e.strerror}") from None
+    if magic != b"PK\x03\x04":        # an .npz file is a zip archive
+        raise CheckpointError(f"load_checkpoint: {path!r} is not a .npz checkpoint (not a zip archive)")
     try:
         npz = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise
-    except Exception as e:
-        raise CheckpointError(f"load_checkpoint: {path!r} is not a readable .npz checkpoint: {e}") from e
+    except Exception as e:  # noqa: BLE001 - any damage to the archive
+        raise CheckpointError(f"load_checkpoint: {path!r} is damaged or truncated ({type(e).__name__}: "
+                              f"{e})") from None
     with npz:
         arrays = {}
         for name in npz.files:
@@ -142,6 +155,9 @@ def load_checkpoint(path, expected: dict | None = None) -> dict:
                 raise CheckpointError(
                     f"load_checkpoint: {path!r}: array {name!r} holds Python objects (pickle) and was "
                     f"refused (loading uses allow_pickle=False): {e}") from None
+            except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
+                raise CheckpointError(f"load_checkpoint: {path!r} is damaged or truncated: array {name!r} "
+                                      f"cannot be read ({type(e).__name__}: {e})") from None
     if "meta" not in arrays:
         raise CheckpointError(f"load_checkpoint: {path!r} has no 'meta' entry; not a mrcnn_ref checkpoint")
     try:
@@ -162,6 +178,14 @@ def load_checkpoint(path, expected: dict | None = None) -> dict:
     if other:
         raise CheckpointError(f"load_checkpoint: {path!r} has unexpected array(s) {sorted(other)[:10]} "
                               f"(expected 'param/<name>', 'optim/<name>' and 'meta')")
+    for group, entries in (("param", params), ("optim", optim)):
+        for k, a in entries.items():
+            if a.dtype.kind != "f":
+                raise CheckpointError(f"load_checkpoint: {path!r}: {group}/{k} has dtype {a.dtype}; "
+                                      "parameters and optimizer buffers are floating-point arrays")
+            if not np.isfinite(a).all():
+                raise CheckpointError(f"load_checkpoint: {path!r}: {group}/{k} holds NaN or inf values "
+                                      "(the run had diverged, or the file is damaged)")
     if expected is not None:
         want = _expected_shapes(expected)
         missing = sorted(set(want) - set(params))
