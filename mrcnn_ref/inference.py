@@ -96,6 +96,9 @@ def read_image(path):
 
 def predict_image(model, image_uint8, score_thresh=0.5) -> dict:
     """Detections (NumPy arrays) on one (H, W, 3) uint8 image, kept above ``score_thresh``."""
+    if (isinstance(score_thresh, bool) or not isinstance(score_thresh, (int, float, np.floating))
+            or not 0.0 <= score_thresh <= 1.0):
+        raise ValueError(f"predict: the score threshold must be a number in [0, 1], got {score_thresh!r}")
     det = _predict_sample(model, image_uint8)
     keep = det["scores"] >= score_thresh
     return {k: v[keep] for k, v in det.items()}

@@ -16,7 +16,8 @@ from dataclasses import dataclass, fields
 
 from .data.coco import CocoDataset
 from .data.shapes import ShapesDataset
-from .model.config import INFERENCE_KEYS, MaskRCNNConfig, load_config, read_config_file
+from .model.config import (INFERENCE_KEYS, MaskRCNNConfig, check_field_types, load_config,
+                           read_config_file)
 
 __all__ = ["TrainConfig", "RunConfig", "RUN_PRESETS", "load_run_config", "build_dataset",
            "train_config_from_dict", "trained_fields"]
@@ -52,6 +53,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         where = "TrainConfig"
+        check_field_types(self, where)
         if self.dataset not in ("shapes", "coco"):
             raise ValueError(f"{where}: dataset must be 'shapes' or 'coco', got {self.dataset!r}")
         if self.dataset == "coco" and not (self.coco_annotations and self.coco_images):
@@ -68,6 +70,10 @@ class TrainConfig:
                 raise ValueError(f"{where}: {name} must be a finite number >= 0, got {v!r}")
         if self.base_lr <= 0:
             raise ValueError(f"{where}: base_lr must be > 0, got {self.base_lr}")
+        if not self.momentum < 1:
+            raise ValueError(f"{where}: momentum must be in [0, 1), got {self.momentum}")
+        if not 0 < self.warmup_factor <= 1:
+            raise ValueError(f"{where}: warmup_factor must be in (0, 1], got {self.warmup_factor}")
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"{where}: optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if (not isinstance(self.adam_betas, tuple) or len(self.adam_betas) != 2
@@ -176,7 +182,10 @@ def load_run_config(name_or_path) -> RunConfig:
         raise ValueError(f"--config {s!r} is neither a built-in config ({sorted(RUN_PRESETS)}) nor an "
                          "existing .json/.toml file")
     d = read_config_file(s)
-    return _run_config_from_dict(d, os.path.splitext(os.path.basename(s))[0])
+    try:
+        return _run_config_from_dict(d, os.path.splitext(os.path.basename(s))[0])
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"config file {s!r}: {e}") from None
 
 
 def build_dataset(tcfg: TrainConfig, split: str = "train", num_images=None):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 
@@ -110,6 +111,7 @@ class MaskRCNNConfig:
 
     def validate(self) -> "MaskRCNNConfig":
         where = "MaskRCNNConfig"
+        check_field_types(self, where)
 
         def positive(name, integer=False):
             v = getattr(self, name)
@@ -183,10 +185,48 @@ class MaskRCNNConfig:
                              f"its own size) and no factor twice, got {list(scales)}")
         if not 0.0 <= self.score_thresh < 1.0:
             raise ValueError(f"{where}: score_thresh must be in [0, 1), got {self.score_thresh!r}")
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise ValueError(f"{where}: mask_threshold must be in (0, 1), got {self.mask_threshold!r}")
+        for n in ("anchor_sizes", "box_weights"):
+            if any(not v > 0 for v in getattr(self, n)):
+                raise ValueError(f"{where}: {n} must be numbers > 0, got {list(getattr(self, n))}")
+        for n in ("rpn_smooth_l1_beta", "box_smooth_l1_beta", "rpn_min_size", "box_min_size"):
+            if getattr(self, n) < 0:
+                raise ValueError(f"{where}: {n} must be >= 0, got {getattr(self, n)!r}")
+        positive("roi_canonical_size")
         return self
 
 
 _FIELDS = {f.name: f for f in fields(MaskRCNNConfig)}
+
+
+def check_field_types(config, where):
+    """Every field of a config dataclass has its declared type; numbers are finite. (The
+    ranges are checked by each class's ``validate``.)"""
+    for f in fields(config):
+        v = getattr(config, f.name)
+        if f.type == "bool":
+            ok = isinstance(v, bool)
+        elif f.type == "int":
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif f.type == "float":
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if ok and not math.isfinite(v):
+                raise ValueError(f"{where}: {f.name} must be a finite number, got {v!r}")
+        elif f.type == "tuple":
+            ok = isinstance(v, (tuple, list)) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                              and math.isfinite(x) for x in v)
+        elif f.type == "str":
+            ok = isinstance(v, str)
+        elif f.type == "dict":
+            ok = isinstance(v, dict)
+        else:
+            continue
+        if not ok:
+            what = {"tuple": "a non-empty list of finite numbers", "int": "an int", "float": "a number",
+                    "bool": "true or false", "str": "a string", "dict": "a table"}[f.type]
+            error = ValueError if f.type == "tuple" else TypeError    # a list's contents are values
+            raise error(f"{where}: {f.name} must be {what}, got {v!r}")
 
 #: The fields that only change inference (not the weights): what ``mrcnn-ref evaluate/predict
 #: --set KEY=VALUE`` may override on a trained model.
