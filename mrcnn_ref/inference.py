@@ -11,16 +11,18 @@ import os
 import time
 
 import numpy as np
-from skimage import io
 from tqdm.auto import tqdm
 
 from ._io import write_json
 from .backend import asnumpy
+from .data.images import read_image  # noqa: F401 - re-exported
 from .data.transforms import to_model_input
 from .model.tta import TestTimePredictor
 from .evaluate import coco_evaluate, detections_to_coco_results, summarize, write_coco_results
 
 __all__ = ["evaluate_model", "predict_image", "read_image"]
+
+# the one image loader (mrcnn_ref.data.images), re-exported for the CLI and the chapters
 
 
 def _predict_sample(model, image_uint8):
@@ -73,25 +75,6 @@ def evaluate_model(model, dataset, out_dir, num_images=None, label_to_cat_id=Non
     for kind in ("bbox", "segm"):
         log(f"{kind}:\n{summarize(metrics[kind])}")
     return {**metrics, "seconds_per_image": seconds}
-
-
-def read_image(path):
-    """An image file as (H, W, 3) uint8 (grey is repeated, alpha dropped)."""
-
-    if not os.path.isfile(path):
-        raise ValueError(f"image {path!r} does not exist")
-    try:
-        img = io.imread(path)
-    except Exception as e:  # noqa: BLE001 - any decoder error
-        raise ValueError(f"could not read image {path!r}: {e}") from None
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise ValueError(f"image {path!r} must be grey, RGB or RGBA, got shape {img.shape}")
-    img = img[:, :, :3]
-    if img.dtype != np.uint8:
-        img = np.clip(img / (img.max() or 1) * 255.0, 0, 255).astype(np.uint8)
-    return img
 
 
 def predict_image(model, image_uint8, score_thresh=0.5) -> dict:

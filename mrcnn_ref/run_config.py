@@ -188,7 +188,7 @@ def load_run_config(name_or_path) -> RunConfig:
         raise type(e)(f"config file {s!r}: {e}") from None
 
 
-def build_dataset(tcfg: TrainConfig, split: str = "train", num_images=None):
+def build_dataset(tcfg: TrainConfig, split: str = "train", num_images=None, max_side=None):
     """The dataset named by the train config (a fixed shapes split, or the user's COCO files).
 
     The shapes splits are always generated with dataset seed 0, so every run (whatever its
@@ -199,7 +199,7 @@ def build_dataset(tcfg: TrainConfig, split: str = "train", num_images=None):
             raise ValueError(f"shapes dataset: split must be 'train' or 'val', got {split!r}")
         n = num_images if num_images is not None else (tcfg.num_train_images if split == "train" else None)
         return ShapesDataset(split=split, num_images=n, image_size=tcfg.image_size, seed=0)
-    return CocoDataset(tcfg.coco_annotations, tcfg.coco_images)
+    return CocoDataset(tcfg.coco_annotations, tcfg.coco_images, max_side=max_side)
 
 
 def trained_fields(model_cfg: MaskRCNNConfig) -> dict:

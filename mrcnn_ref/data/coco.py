@@ -42,8 +42,9 @@ import math
 import os
 
 import numpy as np
-from skimage import io, util
+from skimage import io
 
+from .images import check_size, to_rgb_uint8
 from .masks import masks_to_boxes
 from .rle import polygons_to_mask, rle_decode
 
@@ -61,10 +62,11 @@ def _is_number(v):
 class CocoDataset:
     """A COCO instances JSON + image folder as a dataset of samples (see the module docstring)."""
 
-    def __init__(self, annotation_file, image_dir, category_ids=None, box_tolerance=1.0):
+    def __init__(self, annotation_file, image_dir, category_ids=None, box_tolerance=1.0, max_side=None):
         self.annotation_file = os.fspath(annotation_file)
         self.image_dir = os.fspath(image_dir)
         self.box_tolerance = float(box_tolerance)
+        self.max_side = None if max_side is None else int(max_side)   # refuse larger images
         fname = self.annotation_file
         try:
             with open(fname, encoding="utf-8") as f:
@@ -131,6 +133,9 @@ class CocoDataset:
                     and im["width"] > 0):
                 raise self._err(f"image {iid}: height and width must be positive integers, got "
                                 f"{im['height']!r} x {im['width']!r}")
+            if self.max_side is not None and max(im["height"], im["width"]) > self.max_side:
+                raise self._err(f"image {iid} is {im['width']}x{im['height']} pixels, larger than the "
+                                f"limit of {self.max_side} on a side; raise it with --max-image-side N")
             path = os.path.join(self.image_dir, str(im["file_name"]))
             if not os.path.isfile(path):
                 raise self._err(f"image {iid}: image file {path!r} not found")
@@ -223,21 +228,13 @@ class CocoDataset:
         except Exception as e:  # unreadable/corrupt file
             raise ValueError(f"{self.annotation_file}: image {info['id']}: cannot read {path!r} "
                              f"({e})") from None
-        if img.ndim == 2:
-            img = np.stack([img] * 3, axis=-1)
-        elif img.ndim == 3 and img.shape[2] == 4:
-            img = img[:, :, :3]
-        elif img.ndim == 3 and img.shape[2] == 1:
-            img = np.repeat(img, 3, axis=2)
-        if img.ndim != 3 or img.shape[2] != 3:
-            raise ValueError(f"{self.annotation_file}: image {info['id']}: {path!r} has shape "
-                             f"{img.shape}, expected (H, W), (H, W, 3) or (H, W, 4)")
+        img = to_rgb_uint8(img, f"{self.annotation_file}: image {info['id']}: {path!r}")
+        if self.max_side is not None:
+            check_size(img, self.max_side, f"{self.annotation_file}: image {info['id']}: {path!r}")
         if img.shape[:2] != (info["height"], info["width"]):
             raise ValueError(f"{self.annotation_file}: image {info['id']}: {path!r} is "
                              f"{img.shape[1]}x{img.shape[0]} but the JSON says "
                              f"{info['width']}x{info['height']}")
-        if img.dtype != np.uint8:
-            img = util.img_as_ubyte(img)
         return np.ascontiguousarray(img)
 
     def _decode(self, seg, h, w):
