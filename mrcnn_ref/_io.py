@@ -1,7 +1,8 @@
 """Atomic file writes: write to a temporary file in the target's folder, then ``os.replace`` it.
 
 An exception or a crash part-way leaves the previous file untouched (the temp file is removed), so
-a checkpoint or a results file is never half-written.
+a checkpoint or a results file is never half-written. The file gets the permissions of any newly
+created file (``0o666`` less the umask), not the temporary file's private ``0o600``.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def atomic_write(path, binary: bool = False):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -35,3 +37,10 @@ def write_json(obj, path, indent=None) -> str:
     with atomic_write(path) as f:
         json.dump(obj, f, indent=indent)
     return os.fspath(path)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

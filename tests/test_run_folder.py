@@ -134,3 +134,17 @@ def test_bad_parameter_values_are_refused_with_their_name(tmp_path, bad, needle)
     with pytest.raises(CheckpointError, match=f"param/head.weight.*{needle}|{needle}") as e:
         load_checkpoint(p)
     assert "head.weight" in str(e.value)
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    from mrcnn_ref._io import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json({"a": 1}, tmp_path / "x.json")
+        assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        write_json({"a": 1}, tmp_path / "y.json")
+        assert (tmp_path / "y.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
