@@ -1,5 +1,6 @@
 """The command line: train -> evaluate -> predict on the tiny config, and clear errors."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -91,3 +92,47 @@ def test_visualize_overlay_checks_shapes():
     assert out[3, 3].sum() > 0 and out[0, 0].sum() == 0
     with pytest.raises(ValueError, match="masks must have shape"):
         overlay_masks(img, np.zeros((1, 4, 4), bool))
+
+
+def test_commands_protect_files_and_say_what_they_wrote(tmp_path, capsys):
+    from skimage import io
+
+    from mrcnn_ref.data.shapes import ShapesDataset
+    from mrcnn_ref.model_io import BUNDLED_CHECKPOINT
+
+    run = tmp_path / "run"
+    argv = ["train", "--config", "tiny", "--out", str(run), "--iterations", "2", "--no-progress"]
+    assert main(argv) == 0
+    before = (run / "model.npz").read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 2                                       # a run is there: refused
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and err.count("\n") == 1
+    assert (run / "model.npz").read_bytes() == before
+    assert main(argv + ["--overwrite"]) == 0 and (tmp_path / "run.old-1" / "model.npz").read_bytes() == before
+
+    # predict into a folder: the picture gets a name, and the printed path is the one written
+    img = tmp_path / "pic.png"
+    io.imsave(img, ShapesDataset("val", num_images=1)[0]["image"], check_contrast=False)
+    capsys.readouterr()
+    assert main(["predict", str(img), "--checkpoint", BUNDLED_CHECKPOINT, "--out", str(tmp_path)]) == 0
+    written = capsys.readouterr().out.strip().splitlines()[-1].removeprefix("wrote ")
+    assert written == str(tmp_path / "pic_prediction.png") and os.path.getsize(written) > 1000
+
+    # an image larger than the limit is shrunk, and the boxes are given in its own pixels
+    big = np.kron(ShapesDataset("val", num_images=1)[0]["image"], np.ones((3, 3, 1), np.uint8))
+    io.imsave(tmp_path / "big.png", big, check_contrast=False)
+    assert main(["predict", str(tmp_path / "big.png"), "--checkpoint", BUNDLED_CHECKPOINT,
+                 "--out", str(tmp_path / "big_pred.png"), "--max-image-side", "128"]) == 0
+    out = capsys.readouterr().out
+    assert "384x384 image is predicted and drawn at 128x128" in out
+
+    # a folder that cannot be made is one line, not a traceback; --debug shows the traceback
+    (tmp_path / "afile").write_text("x")
+    bad = ["evaluate", "--checkpoint", BUNDLED_CHECKPOINT, "--num-images", "1", "--no-progress",
+           "--out", str(tmp_path / "afile" / "eval")]
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "afile" in err and "Traceback" not in err
+    with pytest.raises(OSError):
+        main(["--debug", *bad])
