@@ -26,9 +26,7 @@ def load_model(checkpoint_path, backend=None):
     ``backend``: where the parameters go ('numpy', 'cupy', 'emulated'; default: the default
     backend); a checkpoint holds host arrays and loads onto any of them."""
     path = os.fspath(checkpoint_path)
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint {path!r} does not exist")
-    ck = load_checkpoint(path)
+    ck = load_checkpoint(path)          # a missing, damaged or foreign file: one CheckpointError
     cfg = ck["config"]
     if not isinstance(cfg, dict) or "model" not in cfg or "train" not in cfg:
         raise ValueError(f"checkpoint {path!r} has no run config (was it written by mrcnn-ref train?)")

@@ -44,8 +44,11 @@ def read_image(path) -> np.ndarray:
     try:
         img = io.imread(path)
     except Exception as e:  # noqa: BLE001 - every decoder reports in its own way
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "backend" in detail:           # imageio: no plugin recognised the bytes
+            detail = "no image format recognised"
         raise ValueError(f"image {path!r} cannot be read as an image (PNG, JPEG, TIFF, BMP, GIF, ...): "
-                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                         f"{detail}") from None
     return to_rgb_uint8(img, f"image {path!r}")
 
 
