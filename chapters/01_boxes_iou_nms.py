@@ -15,14 +15,13 @@
 # # Chapter 01 — Boxes, IoU and non-maximum suppression
 #
 # A detector answers two questions for every object: *what* is it (classification) and *where*
-# is it (localisation). The seed notes (004) open with exactly this: *"目标检测包含两个任务：对象的定位和对象的分类"*
-# — object detection is localisation plus classification. "Where" is a box, and before any
-# network we need three tools that every later chapter uses:
+# is it (localisation): object detection is classification plus localisation. "Where" is a box,
+# and before any network we need three tools that every later chapter uses:
 #
 # 1. a **box convention** and the **intersection over union** (IoU) of two boxes;
 # 2. **non-maximum suppression** (NMS), which turns many overlapping detections into one per
-#    object — we retell the seed's *sliding-window* story, the way detection was done before
-#    R-CNN;
+#    object — told with *sliding windows*, the way detection was done before R-CNN (Girshick et
+#    al. 2014);
 # 3. the **box encoding** (deltas) a network regresses to move a box onto an object.
 #
 # **Convention.** A box is `(x1, y1, x2, y2)` in *continuous* pixel coordinates: pixel `(row i,
@@ -41,6 +40,7 @@ from matplotlib.patches import Rectangle
 from mrcnn_ref.boxes import (HEAD_BOX_WEIGHTS, RPN_BOX_WEIGHTS, box_area, box_iou, decode_boxes,
                              encode_boxes)
 from mrcnn_ref.nms import batched_nms, nms
+from mrcnn_ref.visualize import draw_pipeline
 
 SMOKE = os.environ.get("MRCNN_REF_SMOKE") == "1"
 
@@ -52,6 +52,16 @@ def draw_box(ax, b, color="r", lw=1.5, alpha=1.0, label=None, fill=False):
     if label:
         ax.text(x1, y1 - 1, label, color=color, fontsize=9, va="bottom")
 
+
+# %% [markdown]
+# The whole of Mask R-CNN, which chapters 02–08 build piece by piece, is the diagram below. The
+# tools of this chapter are used at the two highlighted stages: the RPN's proposals and the final
+# detections are both decoded from box deltas and thinned out by NMS.
+
+# %%
+ax = draw_pipeline(highlight=["proposals", "outputs"])
+ax.set_title("Mask R-CNN at test time: this chapter's tools work at the highlighted stages")
+plt.show()
 
 # %% [markdown]
 # ## 1. Area and IoU
@@ -70,8 +80,8 @@ print(inspect.getsource(box_iou))
 # %% [markdown]
 # Two 10x10 boxes shifted by 5 pixels in x and y overlap in a 5x5 square: IoU = 25 / (100 + 100
 # − 25) = 1/7. The right panel slides one box across the other: IoU falls from 1 much faster
-# than the overlap of the x-ranges, because both width and height shrink. The seed says an IoU
-# above about 0.6 counts as "the same object".
+# than the overlap of the x-ranges, because both width and height shrink. The worked NMS example
+# of section 2 treats an IoU above 0.6 as "the same object".
 
 # %%
 a = np.array([[0.0, 0.0, 10.0, 10.0]])
@@ -99,13 +109,10 @@ plt.show()
 # %% [markdown]
 # ## 2. Sliding windows and non-maximum suppression
 #
-# Before R-CNN, the seed explains (004, *滑窗法*), detection slid **windows of several sizes**
-# over the image, row by row and column by column, classified each crop, and then — because
-# neighbouring windows overlap the same object and all score high — used **non-maximum
-# suppression** to keep only the local maxima:
-#
-# > 对每个不同窗口大小的滑窗都进行检测后，会得到不同窗口检测到的物体分类得分，这些窗口存在重叠，
-# > 使用非极大值抑制（NMS）的方法淘汰重叠的候选框。
+# Before R-CNN, detection slid **windows of several sizes** over the image, row by row and column
+# by column, and classified each crop. Neighbouring windows overlap the same object and all score
+# high, so every window size leaves a cluster of overlapping, high-scoring boxes per object;
+# **non-maximum suppression** keeps only the local maxima.
 #
 # We replace the CNN classifier with a toy score on a synthetic image: for a window and an
 # object *k* with `n_k` of its pixels inside the window,
@@ -141,7 +148,7 @@ scores = (purity * coverage).max(axis=0)
 print(f"{len(windows)} windows, {np.sum(scores > 0.5)} of them score > 0.5")
 
 # %% [markdown]
-# NMS, step by step (seed 004):
+# NMS, step by step:
 #
 # * sort all candidate boxes by score and take the best one;
 # * go through the others and delete every box whose IoU with it exceeds the threshold;
@@ -172,7 +179,7 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ### The seed's worked example, traced by hand
+# ### A worked example, traced by hand
 #
 # Four candidates A, B, C, D for the same objects, with scores S1 < S2 < S3 < S4. Take D (best):
 # keep it; C overlaps D by more than the threshold 0.6, so C is deleted. Of the rest, B is best:
@@ -238,7 +245,7 @@ plt.show()
 # %% [markdown]
 # ## Check
 #
-# The assertions below fail if `nms` or the box coder is wrong: the seed's example must keep
+# The assertions below fail if `nms` or the box coder is wrong: the worked example must keep
 # exactly D then B; every object of the synthetic image must end up with exactly one kept
 # window, and that window must overlap the object's true box well; decoding must invert encoding.
 
@@ -259,7 +266,7 @@ print("all checks passed")
 # 1. Change the NMS threshold from 0.3 to 0.6 and 0.1, and the score threshold from 0.5 to 0.3,
 #    in the sliding-window example. Which spurious boxes survive at 0.6? What goes wrong at very
 #    low thresholds when two objects are close together?
-# 2. Write a plain-Python NMS (two nested loops, as in the seed's description) and compare its
+# 2. Write a plain-Python NMS (two nested loops, as in the step-by-step description) and compare its
 #    output and its run time with `nms` on 2,000 random boxes.
 # 3. *Soft-NMS* does not delete an overlapping box but multiplies its score by `exp(-IoU² / σ)`.
 #    Implement it on top of `box_iou` and compare the kept windows.
@@ -267,3 +274,10 @@ print("all checks passed")
 #    of the four deltas change if only the proposal is scaled?
 # 5. What IoU does a 10x10 box have with itself shifted by one pixel diagonally? With a 20x20
 #    box? Why do small objects make IoU thresholds harsh?
+
+# %% [markdown]
+# ## Summary
+#
+# * A box is `(x1, y1, x2, y2)` in continuous pixel coordinates; `box_iou` compares all pairs.
+# * NMS keeps the best box and deletes its overlaps above a threshold (per class: `batched_nms`).
+# * A network regresses deltas `(tx, ty, tw, th)` that move a reference box onto an object.

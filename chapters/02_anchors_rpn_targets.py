@@ -18,18 +18,14 @@
 # the idea but makes it cheap: the windows become **anchors**, a fixed set of reference boxes
 # placed at every position of a convolutional feature map, and a small network, the **Region
 # Proposal Network** (RPN), scores every anchor (object or not) and regresses deltas (chapter 01,
-# section 3) that move it onto the object. The seed (004) describes the anchors:
-#
-# > Anchors 是固定尺寸的边界框。在论文中，作者选择了9种anchor，包含三种面积（128×128, 256×256,
-# > 512×512），每种面积又包含三种长宽比（1:1, 1:2, 2:1）。
-#
-# — anchors are boxes of fixed size: 9 of them, three areas times three aspect ratios. To train
-# the RPN every anchor needs a **label** (object / background / ignore) and, for the objects, a
-# regression target. This chapter builds all of it:
+# section 3) that move it onto the object. In the Faster R-CNN paper (Ren et al. 2015) the anchors
+# are boxes of fixed size, 9 of them at every position: three areas (128², 256², 512²) times three
+# aspect ratios (1:1, 1:2, 2:1). To train the RPN every anchor needs a **label** (object /
+# background / ignore) and, for the objects, a regression target. This chapter builds all of it:
 #
 # 1. the 9 base anchors and their tiling over a feature map (where exactly is an anchor's centre?);
 # 2. the FPN variant: one anchor size per pyramid level;
-# 3. labeling anchors against ground-truth boxes by IoU (the seed's *样本标定规则*);
+# 3. labeling anchors against ground-truth boxes by IoU (the paper's labelling rules);
 # 4. the balanced mini-batch of 256 anchors.
 
 # %%
@@ -43,6 +39,7 @@ from matplotlib.patches import Rectangle
 from mrcnn_ref.anchors import (FASTER_RCNN_ANCHORS, FPN_ANCHORS, generate_anchors, grid_anchors,
                                label_anchors, pyramid_anchors, sample_labels)
 from mrcnn_ref.boxes import box_iou, encode_boxes
+from mrcnn_ref.visualize import draw_pipeline
 
 SMOKE = os.environ.get("MRCNN_REF_SMOKE") == "1"
 
@@ -52,6 +49,15 @@ def draw_box(ax, b, color="r", lw=1.2, alpha=1.0, ls="-"):
     ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, lw=lw,
                            alpha=alpha, ls=ls))
 
+
+# %% [markdown]
+# Anchors and their labels belong to the RPN stage of Mask R-CNN, highlighted below; chapter 07
+# builds the network that scores them and turns them into proposals.
+
+# %%
+ax = draw_pipeline(highlight="rpn")
+ax.set_title("this chapter: the anchors the RPN scores, and its training targets", fontsize=10)
+plt.show()
 
 # %% [markdown]
 # ## 1. The nine base anchors
@@ -83,8 +89,8 @@ plt.show()
 # %% [markdown]
 # ## 2. Tiling: one set of anchors per feature-map position
 #
-# A backbone of stride 16 turns an 800x600 image into a 50x38 feature map (the seed's "800x600 →
-# features", about 60x40 in the paper). Every position gets all 9 anchors: 50·38·9 = 17,100
+# A backbone of stride 16 turns an 800x600 image into a 50x38 feature map (the paper quotes about
+# 60x40 for its ~1000x600 images). Every position gets all 9 anchors: 50·38·9 = 17,100
 # anchors. The RPN's 1x1 convolutions output, per position, 9 scores and 9·4 deltas — one per
 # anchor — so the anchors must be listed in the same order as the network's outputs:
 # **(y, x, a)**, row-major cells then anchors.
@@ -147,10 +153,7 @@ plt.show()
 # %% [markdown]
 # ## 3. Labeling anchors: object, background, or ignored
 #
-# The seed's labeling rules (*样本标定规则*):
-#
-# > 如果Anchor对应的预测边框与真实边框的IOU值最大，标记为正样本；如果IOU>0.7，标记为正样本；如果…IOU<0.3，标记为负样本；
-# > 剩下的既不是正样本也不是负样本，不用于最终训练。跨越了图像边界的样本也不用于最终训练。
+# The Faster R-CNN paper's rules (Sec. 3.1.2):
 #
 # * IoU ≥ 0.7 with some ground truth → **positive** (1);
 # * the anchor(s) with the highest IoU for a ground truth → **positive** too, so that small or
@@ -224,9 +227,9 @@ print("regression targets (tx, ty, tw, th) of the first positives:\n", np.round(
 #
 # Almost all anchors are background. Training on all of them would teach the RPN to say "no
 # object" everywhere, so each image contributes a **mini-batch of 256 anchors**, up to half of
-# them positive (the seed: *正负样本的比例为1：1；如果正样本不足128，则多用一些负样本*), filled with
-# negatives when positives run short. `sample_labels` keeps the sampled anchors' labels and sets
-# all others to −1 (ignored by the loss). It is deterministic given a `np.random.Generator`.
+# them positive (the paper's ratio of 1:1), filled with negatives when fewer than 128 positives
+# exist. `sample_labels` keeps the sampled anchors' labels and sets all others to −1 (ignored by
+# the loss). It is deterministic given a `np.random.Generator`.
 
 # %%
 print(inspect.getsource(sample_labels))
@@ -245,7 +248,7 @@ plt.show()
 # one positive anchor (and its best anchor is positive), positives have IoU ≥ 0.7 or are some
 # object's best anchor, negatives have IoU < 0.3 with every object; and the mini-batch holds 256
 # anchors with all positives (fewer than 128 here) and negatives for the rest. The 9-anchor set
-# has the areas and ratios the seed describes.
+# has the areas and ratios of the paper.
 
 # %%
 iou = box_iou(anchors, gt)
@@ -273,3 +276,10 @@ print("all checks passed")
 # 4. torchvision rounds its base anchors. How far (in IoU) is torchvision's rounded 128-pixel,
 #    ratio-0.5 anchor from ours?
 # 5. Count the anchors of the FPN preset on a 1024x1024 image. What fraction sits on P2?
+
+# %% [markdown]
+# ## Summary
+#
+# * Anchors: fixed boxes (sizes × ratios) tiled over a feature map in the RPN's output order.
+# * Positive at IoU ≥ 0.7 or as an object's best anchor, negative below 0.3, ignored in between.
+# * Each image trains the RPN on 256 sampled anchors, at most half of them positive.

@@ -26,10 +26,6 @@
 #   sampling**;
 # * **RoIAlign** (Mask R-CNN) rounds **nothing**: bins are fractional, a few points per bin are
 #   read by bilinear interpolation and averaged (or max-pooled).
-#
-# The seed notes (001) tell it with one example, which we now recompute. An `800 × 800` image goes
-# through VGG16 (stride 32), giving a `25 × 25` map; an object of `665 × 665` pixels covers
-# `665 / 32 = 20.78` feature pixels.
 
 # %%
 import inspect
@@ -44,25 +40,41 @@ from mrcnn_ref.ops.roi_align import axis_sample_points, bilinear_sample, roi_ali
 from mrcnn_ref.ops.roi_compare import compare_roi_ops, exact_bin_means, linear_ramp_features
 from mrcnn_ref.ops.roi_pool import _bin_edges, roi_pool, round_half_away
 from mrcnn_ref.ops.roi_warp import roi_warp
+from mrcnn_ref.visualize import draw_pipeline
 
 SMOKE = os.environ.get("MRCNN_REF_SMOKE") == "1"
 rng = np.random.default_rng(0)
+
+# %% [markdown]
+# In the pipeline the RoI operation sits between the proposals and the two heads: it is the only
+# place where the second stage reads the feature pyramid.
+
+# %%
+ax = draw_pipeline(highlight="roi_op")
+ax.set_title("this chapter: the RoI operation (RoIAlign in Mask R-CNN)")
+plt.show()
+
+# %% [markdown]
+# ## RoIPool's two roundings, in one example
+#
+# An `800 × 800` image goes through VGG16 (stride 32), giving a `25 × 25` map; an object of
+# `665 × 665` pixels covers `665 / 32 = 20.78` feature pixels.
 
 # %%
 image, stride, obj, pooled = 800, 32, 665, 7
 print(f"feature map: {image} / {stride} = {image / stride:g}  ->  {image // stride} x {image // stride}")
 roi = obj / stride
 print(f"RoI on the map: {obj} / {stride} = {roi:.2f}")
-print(f"RoIPool (seed 001): quantise {roi:.2f} -> {int(roi)};  bins {int(roi)} / {pooled} = "
-      f"{int(roi) / pooled:.2f} (the seed rounds it to 2.9) -> quantised to {int(int(roi) / pooled)} x "
-      f"{int(int(roi) / pooled)}")
+q_bin = int(int(roi) / pooled)
+print(f"RoIPool (truncating): quantise {roi:.2f} -> {int(roi)};  bins {int(roi)} / {pooled} = "
+      f"{int(roi) / pooled:.2f} -> quantised to {q_bin} x {q_bin}")
 print(f"RoIAlign: keep {roi:.2f};  bins {roi:.2f} / {pooled} = {roi / pooled:.2f} x {roi / pooled:.2f}, "
       f"each read at 2 x 2 = 4 bilinear sample points, then max or average")
 lost = roi - int(roi)
 print(f"what RoIPool's first rounding throws away: {lost:.2f} feature px = {lost * stride:.0f} image px")
 
 # %% [markdown]
-# The seed's arithmetic truncates (20.78 → 20, 2.86 → 2), the simplest way to tell the story.
+# This arithmetic truncates (20.78 → 20, 2.86 → 2), the simplest way to tell the story.
 # Real RoIPool (Fast R-CNN's Caffe layer, torchvision) is slightly different: it **rounds** each
 # corner to the nearest feature pixel (halves away from zero), counts pixels inclusively
 # (`size = end - start + 1`), and gives bin `p` the pixel range `[floor(p·bin), ceil((p+1)·bin))`,
@@ -84,7 +96,7 @@ print(inspect.getsource(axis_sample_points))
 # %% [markdown]
 # ## Bilinear interpolation
 #
-# RoIAlign reads a feature map at fractional points. Seed 004 works an example: an image of
+# RoIAlign reads a feature map at fractional points. A worked example: an image of
 # `1000 × 800` is resized to `700 × 700`; which value goes to the resized pixel `(400, 400)`? It
 # maps back to `(400 · 1000/700, 400 · 800/700) = (571.43, 457.14)`, between the four pixels
 # `(571, 457)`, `(572, 457)`, `(571, 458)`, `(572, 458)` with values 50, 100, 150, 200. Bilinear
@@ -104,15 +116,16 @@ print(f"source point: ({x_src:.5f}, {y_src:.5f})")
 corners = np.array([[50.0, 100.0],     # row y=457: x=571, x=572
                     [150.0, 200.0]])   # row y=458
 v_bilinear = float(bilinear_sample(corners, y_src - 457, x_src - 571))
-# the seed's formula with its 5-digit weights
+# the formula above with its 5-digit weights
 wx = np.array([0.57143, 0.42857])
 wy = np.array([0.85714, 0.14286])
-v_seed = wx @ np.array([[50, 150], [100, 200]]) @ wy
+v_rounded = wx @ np.array([[50, 150], [100, 200]]) @ wy
 # and through roi_align itself: a 1-pixel RoI centred on the point, 1 sample per bin
 fmap = corners[None, None]
 box = np.array([[0, x_src - 571 - 0.5, y_src - 457 - 0.5, x_src - 571 + 0.5, y_src - 457 + 0.5]])
 v_roi_align = float(roi_align(fmap, box, 1, sampling_ratio=1)[0, 0, 0, 0])
-print(f"bilinear_sample: {v_bilinear:.5f}   seed's rounded weights: {v_seed:.4f}   roi_align: {v_roi_align:.5f}")
+print(f"bilinear_sample: {v_bilinear:.5f}   5-digit weights: {v_rounded:.4f}   "
+      f"roi_align: {v_roi_align:.5f}")
 
 # %% [markdown]
 # ## How RoIAlign is computed here
@@ -181,8 +194,8 @@ plt.show()
 # RoIAlign-avg is *exact* on such a ramp, as long as no sample is clamped at the border; the
 # original `aligned=False` is off by a constant half pixel; RoIPool and RoIWarp err by whatever the
 # rounding moved. (Does half a pixel matter once a model is trained on it? For the shapes preset
-# it did, a little: trained with `aligned=True`, two seeds gave +0.0065 segm AP and +0.005 bbox AP
-# on average on a tuning set, so the preset uses it — `roi_aligned` in `mrcnn_ref/model/config.py`.)
+# it helped a little — `docs/recipe.md` has the measurement — so the preset uses it: `roi_aligned`
+# in `mrcnn_ref/model/config.py`.)
 # `compare_roi_ops` runs them all:
 
 # %%
@@ -236,7 +249,7 @@ plt.show()
 
 # %%
 assert abs(v_bilinear - 85.7145) < 1e-3 and abs(v_roi_align - 85.7145) < 1e-3
-assert abs(v_seed - 85.7145) < 1e-3
+assert abs(v_rounded - 85.7145) < 1e-3
 assert table["roi_align_aligned"]["max_abs_error"] < 1e-9, "aligned RoIAlign should be exact on a ramp"
 assert table["roi_pool"]["mean_abs_error"] > 0.1, "RoIPool should not be exact on a ramp"
 assert max(errs["roi_align_aligned"]) < 1e-9 and max(errs["roi_warp"]) > 0.1
@@ -245,7 +258,7 @@ print("checks passed")
 # %% [markdown]
 # ## Exercises
 #
-# 1. Redo the seed's example with stride 16 (VGG conv4): how many image pixels can RoIPool's
+# 1. Redo the 665-px example with stride 16 (VGG conv4): how many image pixels can RoIPool's
 #    first rounding lose now? And the bin rounding?
 # 2. On the ramp, RoIAlign-max is biased. Predict its error from the bin size and `sampling_ratio`
 #    (hint: the largest sample sits a quarter bin from the bin's high corner), then check with
@@ -257,3 +270,10 @@ print("checks passed")
 #    256×256 map and find the crossover.
 # 5. Use a quadratic `f(x, y) = x²`: bilinear interpolation is no longer exact. How does
 #    RoIAlign's error fall with `sampling_ratio`?
+
+# %% [markdown]
+# ## Summary
+#
+# * RoIPool rounds a RoI and its bins to whole feature pixels: a small shift may change nothing.
+# * RoIAlign rounds nothing: bilinear samples at fractional points, averaged per bin.
+# * On a linear ramp aligned RoIAlign is exact; RoIPool and RoIWarp err by what rounding moved.

@@ -18,13 +18,10 @@
 #
 # $$L = L_{cls} + L_{box} + L_{mask}.$$
 #
-# The seed notes (003) put it in one line — *"其中 $L_{cls}$ 与 $L_{box}$ 在 fastRCNN 中已有定义,
-# $L_{mask}$ 就是上面提到的 mask 的 loss"*: the classification and box terms are Fast R-CNN's,
-# and the mask term is new. They also record the design decision this chapter illustrates:
-# *"使用 softmax … 会使得像素之间的各个类别形成竞争,因此在本文中使用 multiple sigmoid 的方法"* —
-# a per-pixel softmax makes the classes **compete**, so Mask R-CNN uses an independent sigmoid per
-# class instead; and *"只有那些被标注为 positive roi … 才会对最终的 $L_{mask}$ 做出贡献"* — only
-# positive RoIs contribute to $L_{mask}$.
+# The classification and box terms are Fast R-CNN's (Girshick 2015); the mask term is new in
+# Mask R-CNN (He et al. 2017). The Mask R-CNN paper also makes the design decision this chapter
+# illustrates: a per-pixel softmax would make the classes **compete**, so Mask R-CNN uses an
+# independent sigmoid per class instead, and only positive RoIs contribute to $L_{mask}$.
 #
 # | term | what it scores | loss | in `mrcnn_ref.ops.losses` |
 # |---|---|---|---|
@@ -92,7 +89,7 @@ print(f"stable, true class 1     = {float(loss_wrong_class)}  (= 1000 - 0, exact
 #
 # $$\mathrm{smooth}_{L_1}(x) = \begin{cases} 0.5\,x^2/\beta & |x| < \beta \\ |x| - 0.5\,\beta & \text{otherwise.}\end{cases}$$
 #
-# The seeds' (and Fast R-CNN's) definition is $\beta = 1$; Detectron-style RoI heads use
+# Fast R-CNN's definition is $\beta = 1$; Detectron-style RoI heads use
 # $\beta = 1/9$; $\beta = 0$ is plain L1. Near zero it is quadratic, so the gradient $x/\beta$
 # fades smoothly to 0 (no oscillation around the optimum as with L1); far away it is linear, so the
 # gradient is bounded by 1 — a badly wrong box (an outlier) cannot produce the huge update L2's
@@ -444,3 +441,10 @@ print("all checks passed")
 #    label 0. The relative error is far above $10^{-6}$ although the backward is right. Explain it
 #    with the round-off term of section 6 (how large are the loss and its gradient?), and find an
 #    $h$ for which the check passes.
+
+# %% [markdown]
+# ## Summary
+#
+# * Each loss is a forward/backward pair; log-sum-exp and logits keep them finite at any input.
+# * Smooth L1 is quadratic near 0 and linear far away; the mask loss is one sigmoid per class.
+# * Centered finite differences in float64 check every hand-written gradient to ≤ 1e-6.

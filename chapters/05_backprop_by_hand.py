@@ -17,11 +17,9 @@
 # Everything in Mask R-CNN that is not a box operation is a small set of layers: convolutions
 # (backbone, FPN, RPN, heads), ReLU, max pooling (the ResNet stem), nearest-neighbour upsampling
 # (the FPN top-down path), residual additions, normalisation layers, fully connected layers (the
-# box head) and one **transposed convolution** in the mask head. The seed notes (003) mention it:
-# *"这里也使用了转置卷积,提升高维feature map在mask预测时的size"* — a transposed convolution is
-# used to enlarge the feature map for mask prediction. Note 004 says the same of FCN, the
-# network the mask branch is modelled on: *"采用反卷积层对最后一个卷积层的特征图进行上采样"*
-# ("a deconvolution layer upsamples the last feature map").
+# box head) and one **transposed convolution** in the mask head, which enlarges the feature map
+# for mask prediction (14×14 → 28×28 in the paper). FCN (Long et al. 2015), the network the mask
+# branch is modelled on, upsamples its last feature map the same way ("deconvolution").
 #
 # In `mrcnn_ref` every one of these is a pair `name_forward(...) -> (out, cache)` /
 # `name_backward(dout, cache) -> grads` with the gradient written by hand. This chapter derives
@@ -218,7 +216,7 @@ print(inspect.getsource(conv2d_backward))
 # **A practical twist.** With stride $s > 1$ the dilated gradient is mostly zeros, so the
 # transposed-convolution form does $s^2$ times more arithmetic than necessary, and its column
 # matrix has $C_{out}k_hk_w$ rows instead of $C_{in}k_hk_w$. For those layers the library uses the
-# equivalent *col2im* form — $\partial L/\partial\,\mathrm{cols} = W^	op\mathrm{dout}$, then each
+# equivalent *col2im* form — $\partial L/\partial\,\mathrm{cols} = W^\top\mathrm{dout}$, then each
 # column is added back into its window, one vectorised strided add per kernel offset — and
 # `conv2d_backward(..., dx_method="auto")` picks whichever builds the smaller temporary matrix. Both are the
 # same numbers (the tests compare them), and both are checked below against the scatter loops.
@@ -295,7 +293,7 @@ print("2x2 kernel, stride 2: max |tiled dx - naive scatter| =", tiled_err)
 #
 # Look at what `_input_grad` does: it maps a small $(H_o, W_o)$ gradient to a larger
 # $(H, W)$ image, with learnable weights. Used as a *forward* layer, that map is the
-# **transposed convolution** (a.k.a. "deconvolution", *反卷积*; "fractionally strided
+# **transposed convolution** (a.k.a. "deconvolution" or "fractionally strided
 # convolution"). As a linear map on flattened images, a convolution is a sparse matrix $A$ and
 # its input gradient is $A^\top$ — hence "transposed".
 #
@@ -556,3 +554,10 @@ print(f"all {len(rows)} gradient checks pass (worst {worst:.1e}); conv_transpose
 # 5. **Why 1e-6?** Rerun the gradient-check table in float32 (cast the inputs; use $h = 10^{-3}$).
 #    What relative errors do you get, and why can finite differences not certify a gradient in
 #    float32?
+
+# %% [markdown]
+# ## Summary
+#
+# * A convolution is im2col plus one matrix product; its backward reuses the same columns.
+# * A transposed convolution is a convolution's input gradient, used as a forward layer.
+# * GroupNorm normalises within one image, so it works with one or two images per step.

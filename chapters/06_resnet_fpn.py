@@ -15,14 +15,12 @@
 # # Chapter 06 — The ResNet-FPN feature pyramid
 #
 # Objects in an image come in every size: a 10-pixel circle and a 100-pixel square should both be
-# found. A detector therefore needs features at several **scales**. The seed notes (000) describe
-# the backbone Mask R-CNN uses in one sentence: *"FPN结构中包括自下而上，自上而下和横向连接三个部分"* —
-# an FPN has three parts, a **bottom-up** pathway, a **top-down** pathway and **lateral
-# connections** — and say why: *"这种结构可以将各个层级的特征进行融合，使其同时具有强语义信息和强空间信息"*,
-# the structure fuses the levels so that every level has **strong semantics and strong spatial
-# information** at the same time.
+# found. A detector therefore needs features at several **scales**. The backbone Mask R-CNN uses,
+# the Feature Pyramid Network (FPN; Lin et al. 2017), has three parts — a **bottom-up** pathway, a
+# **top-down** pathway and **lateral connections** — which fuse the levels so that every level has
+# **strong semantics and strong spatial information** at the same time.
 #
-# The FPN paper (Lin et al., 2017, Fig. 1) frames this as four ways to get multi-scale features:
+# The FPN paper (Fig. 1) frames this as four ways to get multi-scale features:
 #
 # | design | how | cost / weakness |
 # |---|---|---|
@@ -45,10 +43,20 @@ from mrcnn_ref.model import backbone as backbone_mod
 from mrcnn_ref.model.backbone import ResNet, ResNetFPN, receptive_fields, resnet_fpn_tiny
 from mrcnn_ref.model.fpn import FPN
 from mrcnn_ref.nn import blocks
+from mrcnn_ref.visualize import draw_pipeline
 
 SMOKE = os.environ.get("MRCNN_REF_SMOKE") == "1"
 IMAGE_SIZE = 128
 print("smoke mode:", SMOKE)
+
+# %% [markdown]
+# The backbone is the first stage of the pipeline: everything after it — the RPN and, through
+# RoIAlign, both heads — reads the pyramid it makes.
+
+# %%
+ax = draw_pipeline(highlight="backbone")
+ax.set_title("this chapter: the backbone and its feature pyramid")
+plt.show()
 
 # %% [markdown]
 # ## The bottom-up pathway: a ResNet
@@ -273,3 +281,10 @@ print("strides", strides, "— all gradient supports within the theoretical rece
 #    field now? Why does that hurt small objects that need context to be recognised?
 # 5. Count the FLOPs of one forward pass of the tiny model on a 128×128 image level by level.
 #    Where does most of the compute go — the ResNet body or the FPN?
+
+# %% [markdown]
+# ## Summary
+#
+# * A ResNet gives C2–C5 at strides 4–32; the FPN adds a top-down path and 1×1 lateral convs.
+# * Every level P2–P6 then has the same channels and sees at least C5's receptive field.
+# * The backward pass measures a receptive field: the input gradient of one output unit.

@@ -20,19 +20,11 @@
 # move it onto the object*. The best few hundred moved anchors, after non-maximum suppression, are
 # the **proposals** the second stage (RoIAlign + box and mask heads) looks at.
 #
-# The seed (004) describes the RPN of Faster R-CNN on a single VGG feature map:
-#
-# > RPN层先使用3x3xchannels=512的卷积核进行卷积（融合周围3x3空间信息）得到新的特征图。然后再接上一个
-# > 1x1x18的卷积核……（每个像素点9个anchor，每个anchor有2个值，即前景/背景得分，相当于二分类）。前面的新特征图
-# > 还要另接1x1x36的卷积核……（9个anchor，每个anchor的边框坐标是4个值）。
-#
-# — a 3×3 conv first mixes each position with its 3×3 neighbourhood, then a 1×1 conv gives 18
-# numbers per position (9 anchors × 2 scores, object / background) and a sibling 1×1 conv gives
-# 36 (9 anchors × 4 box deltas). And about the proposals:
-#
-# > 我们过滤掉超出图像边界的候选框，再过滤掉尺寸……的候选框，最后使用非极大值抑制，保留前300个得分高……的候选框。
-#
-# — clip or drop boxes outside the image, drop degenerate ones, run NMS, keep the top 300.
+# In Faster R-CNN (Ren et al. 2015) the RPN sits on a single VGG feature map: a 3×3 conv with 512
+# channels first mixes each position with its 3×3 neighbourhood, then a 1×1 conv gives 18 numbers
+# per position (9 anchors × 2 scores, object / background) and a sibling 1×1 conv gives 36
+# (9 anchors × 4 box deltas). The proposals are the moved anchors, clipped to the image, with
+# degenerate boxes dropped, thinned by NMS, the top 300 kept.
 #
 # Two things change with FPN (Mask R-CNN): the head is **shared** by all pyramid levels, and each
 # level has anchors of **one** size (three ratios), so A = 3 anchors per position. (The shapes model
@@ -64,6 +56,7 @@ from mrcnn_ref.nms import batched_nms
 from mrcnn_ref.ops.losses import sigmoid
 from mrcnn_ref.model_io import bundled_or_trained_model
 from mrcnn_ref.run_config import build_dataset
+from mrcnn_ref.visualize import draw_pipeline
 
 SMOKE = os.environ.get("MRCNN_REF_SMOKE") == "1"
 LEVELS = ["P2", "P3", "P4", "P5", "P6"]
@@ -75,6 +68,15 @@ def draw_box(ax, b, color="r", lw=1.0, alpha=1.0, ls="-"):
     ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, lw=lw,
                            alpha=alpha, ls=ls))
 
+
+# %% [markdown]
+# Where this chapter sits: the RPN reads the pyramid of chapter 06 and hands its proposals to
+# RoIAlign (chapter 03) and the heads (chapter 08).
+
+# %%
+ax = draw_pipeline(highlight=["rpn", "proposals"])
+ax.set_title("this chapter: the RPN and its proposals")
+plt.show()
 
 # %% [markdown]
 # ## A trained model
@@ -100,8 +102,8 @@ print(f"model '{cfg.name}': {IMAGE_SIZE}x{IMAGE_SIZE} images, anchor sizes {cfg.
 # ## 1. The RPN head, shared across the pyramid
 #
 # `RPNHead` is three convolutions: `conv` (3×3, C→C, + ReLU), then two siblings on its output,
-# `cls_logits` (1×1, C→A) and `bbox_pred` (1×1, C→4A). All weights start as N(0, 0.01²), biases 0
-# (the seed: *剩下没有的层参数用标准差=0.01的高斯分布初始化*).
+# `cls_logits` (1×1, C→A) and `bbox_pred` (1×1, C→4A). All weights start as N(0, 0.01²), biases 0,
+# as in the Faster R-CNN paper.
 
 # %%
 print(inspect.getsource(RPNHead))
@@ -252,7 +254,7 @@ plt.show()
 #
 # ## 4. The RPN losses
 #
-# The seed writes the paper's loss as
+# The Faster R-CNN paper writes the loss as
 #
 # $$ L(\{p_i\},\{t_i\}) = \frac{1}{N_{cls}}\sum_i L_{cls}(p_i, p_i^*) + \lambda\frac{1}{N_{reg}}\sum_i p_i^* L_{reg}(t_i, t_i^*) $$
 #
@@ -500,9 +502,9 @@ for t in THRESHOLDS:
 # a gradient with respect to the RPN's deltas, through RoIAlign's dependence on the box
 # coordinates. The Faster R-CNN paper (Sec. 3.2) lists three ways to train the two stages:
 #
-# * **alternating training** — the seed's four steps: train the RPN, train Fast R-CNN on its
-#   proposals, re-train the RPN with the shared convs frozen, fine-tune Fast R-CNN
-#   (*论文作者按上面步骤进行交替训练，只迭代2次……*);
+# * **alternating training** — four steps: train the RPN, train Fast R-CNN on its proposals,
+#   re-train the RPN with the shared convs frozen, fine-tune Fast R-CNN (more rounds of the
+#   cycle gave the paper negligible gains);
 # * **approximate joint training** — one network, all losses summed, but the proposals are treated
 #   as *constants*: the derivative with respect to the proposal coordinates is ignored. Simple, and
 #   about as accurate while much faster to train;
@@ -619,7 +621,7 @@ print("all checks passed")
 #    large objects?
 # 3. Replace the shared head by one head per level (five `RPNHead`s). Count the parameters and
 #    train the tiny run for the same number of iterations: is the recall better or worse?
-# 4. The seed's RPN outputs 2 scores per anchor with a softmax. Show that a two-way softmax with
+# 4. Faster R-CNN's RPN outputs 2 scores per anchor with a softmax. Show that a two-way softmax with
 #    logits `(a, b)` equals `sigmoid(a − b)`, and that its cross-entropy gradient w.r.t. `a − b`
 #    is the sigmoid's. What is gained by the second output?
 # 5. Non-approximate joint training: write down d(RoIAlign output)/d(x1) for one bin (chapter 03's
@@ -627,3 +629,10 @@ print("all checks passed")
 #    that NMS removed never receive this gradient?
 # 6. Turn off the low-quality matches in `label_anchors` (chapter 02) for the RPN targets and
 #    retrain: which objects lose recall at IoU 0.5 first?
+
+# %% [markdown]
+# ## Summary
+#
+# * One small conv head, shared by P2–P6, gives every anchor an objectness logit and 4 deltas.
+# * Proposals: top-k per level, decoded, clipped, small boxes dropped, NMS per level, best kept.
+# * The proposals are constants for the second stage: its losses do not reach the RPN head.

@@ -14,17 +14,13 @@
 # %% [markdown]
 # # Chapter 08 — The box and mask heads, and the per-class sigmoid loss
 #
-# The RPN (chapter 02) hands the second stage a few hundred **proposals**. For each of them the
+# The RPN (chapter 07) hands the second stage a few hundred **proposals**. For each of them the
 # second stage answers three questions in parallel: *which class is it* (softmax over K classes,
 # background included), *where exactly is the box* (class-specific deltas) and *which pixels
-# belong to the object* (a small mask). One seed summarises Mask R-CNN in one sentence:
-#
-# > 一句话概括Mask R-CNN：Mask RCNN沿用了Faster RCNN的思想，特征提取采用ResNet-FPN的架构，
-# > 另外多加了一个对每个RoI的二分Mask预测分支。也就是说，分类、bbox回归和mask分类三者并行。
-#
-# — Mask R-CNN keeps Faster R-CNN, extracts features with a ResNet-FPN, and adds a branch that
-# predicts a **binary** mask for every RoI; classification, box regression and mask prediction
-# run in parallel. This chapter walks the second stage in the order the data flows:
+# belong to the object* (a small mask). That is Mask R-CNN (He et al. 2017) in one sentence: it
+# keeps Faster R-CNN, extracts features with a ResNet-FPN, and adds a branch that predicts a
+# **binary** mask for every RoI; classification, box regression and mask prediction run in
+# parallel. This chapter walks the second stage in the order the data flows:
 #
 # 1. **proposal targets** — which RoIs are trained on and what they should predict;
 # 2. **FPN level assignment** — which pyramid level each RoI reads;
@@ -56,6 +52,7 @@ from mrcnn_ref.ops.losses import (mask_loss_backward, mask_loss_forward, mask_lo
 from mrcnn_ref.ops.roi_align import roi_align
 from mrcnn_ref.model_io import bundled_or_trained_model
 from mrcnn_ref.run_config import build_dataset
+from mrcnn_ref.visualize import draw_pipeline
 
 SMOKE = os.environ.get("MRCNN_REF_SMOKE") == "1"
 print("smoke mode:", SMOKE)
@@ -67,6 +64,16 @@ def draw_box(ax, b, color="r", lw=1.2, alpha=1.0, ls="-"):
     ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, lw=lw,
                            alpha=alpha, ls=ls))
 
+
+# %% [markdown]
+# Where this chapter sits: everything after the proposals. RoIAlign (chapter 03) cuts a
+# fixed-size window of features out of the pyramid for every RoI, and the two heads turn it into
+# the outputs.
+
+# %%
+ax = draw_pipeline(highlight=["roi_op", "box_head", "mask_head", "outputs"])
+ax.set_title("this chapter: the second stage")
+plt.show()
 
 # %% [markdown]
 # ## 0. A model to look at
@@ -90,13 +97,9 @@ print(val)
 # %% [markdown]
 # ## 1. Proposal targets: which RoIs to train on
 #
-# The second stage is trained like Fast R-CNN. The seed (004) recalls its recipe:
-#
-# > 在实际训练中，每个mini-batch包含2张图像和128个候选框，也就是每张图像有64个候选框。然后从这些
-# > 候选框中挑选约25%，这些候选框和真实对象边框坐标的值都大于0.5（即正例边框）。
-#
-# — each mini-batch holds 128 RoIs of which about **25 %** are foreground, i.e. RoIs with IoU
-# **≥ 0.5** with a ground-truth box. `proposal_targets` does it for one image, in five steps
+# The second stage is trained like Fast R-CNN (Girshick 2015): each mini-batch holds 2 images and
+# 128 RoIs, 64 per image, of which about **25 %** are foreground, i.e. RoIs with IoU **≥ 0.5**
+# with a ground-truth box. `proposal_targets` does it for one image, in five steps
 # (see its module docstring): add the gt boxes to the proposals (so there is always at least one
 # perfect positive, even when an untrained RPN proposes junk), match each RoI to the gt box it
 # overlaps most, sample at most 25 % foreground, encode box-regression targets with weights
@@ -351,10 +354,11 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# At test time the opposite step, `paste_masks_in_image` (the seeds' `unmold_mask`, matterport's
-# name): resize the predicted 28×28 probabilities bilinearly to the detected box, threshold at
-# 0.5, place them in an empty image. The round trip *target → paste* on the object's own box
-# should give back almost the original mask: only detail finer than a 1/28 of the box is lost.
+# At test time the opposite step, `paste_masks_in_image` (`unmold_mask` in matterport's
+# implementation): resize the predicted 28×28 probabilities bilinearly to the detected box,
+# threshold at 0.5, place them in an empty image. The round trip *target → paste* on the
+# object's own box should give back almost the original mask: only detail finer than a 1/28 of
+# the box is lost.
 
 # %%
 print(inspect.getsource(paste_masks_in_image))
@@ -381,21 +385,11 @@ plt.show()
 # %% [markdown]
 # ## 7. Per-class sigmoid, not a softmax across classes
 #
-# Semantic segmentation FCNs classify each pixel with a softmax over all classes. Mask R-CNN does
-# not. A seed puts it this way:
-#
-# > 用FCN做语义分割的通常做法是用每个像素的softmax和多分类交叉熵损失，这样做masks会涵盖所有的类别。
-# > 而mask RCNN则使用每个像素的sigmoid和二分损失。实验证明这是取得较好语义分割效果的关键。
-#
-# — the usual FCN uses a per-pixel softmax and multinomial cross-entropy, so the masks of all
-# classes compete; Mask R-CNN uses a per-pixel sigmoid and a binary loss, and experiments show
-# this is key. And another:
-#
-# > 对真实类别为k的ROI，只在第k个掩码上计算损失，掩码将不会进行类间的竞争，将分类的任务交给专业的分类器。
-#
-# — for a RoI of true class k the loss is computed on the k-th mask only; masks do not compete
-# across classes, and classification is left to the classification branch. The paper's ablation
-# (Table 2(b), ResNet-50-C4): softmax 24.8 mask AP, **sigmoid 30.3** (+5.5).
+# Semantic segmentation FCNs classify each pixel with a softmax over all classes and a multinomial
+# cross-entropy, so the masks of all classes compete. Mask R-CNN uses a per-pixel sigmoid and a
+# binary loss instead: for a RoI of true class k the loss is computed on the k-th mask only, masks
+# do not compete across classes, and classification is left to the classification branch. The
+# paper's ablation (Table 2(b), ResNet-50-C4): softmax 24.8 mask AP, **sigmoid 30.3** (+5.5).
 #
 # The two losses in the library (chapter 04 checks their gradients):
 
@@ -605,3 +599,10 @@ print(f"all checks passed ({time.perf_counter() - T0:.1f} s)")
 # 6. **Softmax at equal logits.** In the constructed example set channel 2 to exactly channel 1's
 #    logits. What is the softmax loss in the overlap region now, and what is the sigmoid loss?
 #    Derive `dL/dx` for channel 2 by hand and compare with `mask_loss_softmax_backward`.
+
+# %% [markdown]
+# ## Summary
+#
+# * RoIs are sampled with ≤ 25 % foreground (IoU ≥ 0.5); each reads one FPN level by its size.
+# * The box head gives K class scores and 4K deltas; the mask head one M×M mask per class.
+# * The mask loss is a per-class sigmoid on the true class's mask only, not a softmax.

@@ -1,15 +1,17 @@
-"""Pictures: detections (masks, boxes, labels, scores) drawn over an image; loss curves."""
+"""Pictures: detections (masks, boxes, labels, scores) drawn over an image; loss curves; the
+Mask R-CNN pipeline as a diagram."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
 from .backend import asnumpy
 from .model.mask_rcnn import LOSS_NAMES
 
-__all__ = ["draw_detections", "save_detections", "overlay_masks", "plot_loss_curves", "PALETTE"]
+__all__ = ["draw_detections", "save_detections", "overlay_masks", "plot_loss_curves", "draw_pipeline",
+           "PALETTE"]
 
 # distinct colours (RGB in [0, 1]) for instances
 PALETTE = np.array([
@@ -111,3 +113,60 @@ def plot_loss_curves(history: dict, path: str, smooth: int = 25):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
+
+
+def draw_pipeline(ax=None, highlight=None):
+    """Draw Mask R-CNN's inference as boxes and arrows on a matplotlib axis; returns the axis.
+
+    image -> backbone + FPN -> RPN -> proposals -> RoIAlign (which also reads the FPN features)
+    -> box head and mask head -> boxes, classes, masks. ``highlight``: a stage name or a list of
+    them, coloured to show "you are here"; the names are ``image``, ``backbone``, ``rpn``,
+    ``proposals``, ``roi_op``, ``box_head``, ``mask_head``, ``outputs``. Each stage's patch and
+    label carry the stage name as their ``gid``. A new figure is made when ``ax`` is None.
+    """
+    #        name         label                      centre (x, y)
+    stages = [("image", "image", (0.6, 1.5)),
+              ("backbone", "backbone\n+ FPN", (2.0, 1.5)),
+              ("rpn", "RPN", (3.4, 1.5)),
+              ("proposals", "proposals", (4.8, 1.5)),
+              ("roi_op", "RoIAlign", (6.2, 1.5)),
+              ("box_head", "box head", (7.7, 2.35)),
+              ("mask_head", "mask head", (7.7, 0.65)),
+              ("outputs", "boxes,\nclasses,\nmasks", (9.3, 1.5))]
+    names = [name for name, _, _ in stages]
+    wanted = [] if highlight is None else [highlight] if isinstance(highlight, str) else list(highlight)
+    unknown = [h for h in wanted if h not in names]
+    if unknown:
+        raise ValueError(f"draw_pipeline: unknown stage {unknown[0]!r}; the stages are {', '.join(names)}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(11, 2.6))
+    w, h = 1.1, 0.75
+    centre = {}
+    for name, label, (x, y) in stages:
+        on = name in wanted
+        patch = FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
+                               facecolor="#f6b93b" if on else "#eceff1",
+                               edgecolor="#b35900" if on else "#607d8b", linewidth=2.0 if on else 1.0)
+        patch.set_gid(name)
+        ax.add_patch(patch)
+        ax.text(x, y, label, ha="center", va="center", fontsize=9,
+                fontweight="bold" if on else "normal", gid=name)
+        centre[name] = (x, y)
+
+    def arrow(a, b, rad=0.0):
+        (xa, ya), (xb, yb) = centre[a], centre[b]
+        ax.add_patch(FancyArrowPatch((xa + w / 2, ya) if rad == 0 else (xa, ya - h / 2),
+                                     (xb - w / 2, yb) if rad == 0 else (xb, yb - h / 2),
+                                     arrowstyle="-|>", mutation_scale=12, color="#455a64", lw=1.2,
+                                     connectionstyle=f"arc3,rad={rad}", shrinkA=0, shrinkB=0))
+
+    for a, b in (("image", "backbone"), ("backbone", "rpn"), ("rpn", "proposals"),
+                 ("proposals", "roi_op"), ("roi_op", "box_head"), ("roi_op", "mask_head"),
+                 ("box_head", "outputs"), ("mask_head", "outputs")):
+        arrow(a, b)
+    arrow("backbone", "roi_op", rad=0.25)              # RoIAlign reads the FPN features
+    ax.text(4.1, 0.38, "features P2-P5", ha="center", va="center", fontsize=7, color="#455a64")
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 2.9)
+    ax.set_axis_off()
+    return ax
