@@ -38,6 +38,40 @@ matrix products per RoI, batched over RoIs, no Python loop over RoIs, channels o
 
 RoIAlign-max applies the same machinery with one matrix row per *sample* (not per bin): the
 products give every sample's bilinear value, and the max is taken over the samples of each bin.
+
+Non-finite features (NaN, ±inf)
+-------------------------------
+A matrix product multiplies *every* pixel of the window, most of them by a weight 0, and
+``0 * nan = 0 * inf = nan``: a NaN anywhere in the window would spread to every output of the
+RoI. torchvision reads only the 4 neighbours of each sample, and computes
+``w1*v1 + w2*v2 + w3*v3 + w4*v4`` for them even where a weight is 0. So, per bin:
+
+* a NaN that some sample reads (as a neighbour, weight zero or not) makes the output NaN;
+* an inf read with a weight 0 gives NaN (``0 * inf``): the high neighbour of a sample at an
+  integral coordinate, and the duplicated neighbour at the last row/column;
+* an inf read only with weights > 0 gives ±inf (NaN if both +inf and -inf are read);
+* a value no sample reads has no effect (a sample outside ``[-1, H] × [-1, W]`` reads nothing).
+
+When the features hold a non-finite value (one ``isfinite`` check, see
+:func:`~mrcnn_ref.ops.roi_common.has_nonfinite`), the products are computed with those entries
+replaced by 0, and then the outputs whose bin reads one are set to NaN or ±inf by the rules
+above (:func:`_nonfinite_fixup`). Which bins read which pixels is separable again: with ``T``
+(touch: 1 where some real, valid sample of bin row ``p`` has ``h`` as its low or high neighbour)
+and ``Z`` (1 where such a read has weight 0) per axis, bin ``(p, q)`` reads pixel ``(h, w)``
+iff ``Ty[p, h] * Tx[q, w] > 0``, and with weight 0 iff ``Zy[p, h] * Tx[q, w] + Ty[p, h] * Zx[q, w]
+> 0``; the same matrix products applied to indicator maps (isnan, isposinf, isneginf, isinf)
+count them. Finite features skip all this, so their numbers are unchanged. On a device the
+check reads a value back, so it runs only where value checks do
+(``MRCNN_REF_CHECK_DEVICE_VALUES=1``); otherwise a non-finite feature spreads over its RoI's
+window as in the plain product. RoIAlign-max does the same per sample, before the max (a NaN
+sample wins the max, as in ``np.max``).
+
+(torchvision's CPU kernel, unlike its CUDA kernel, lets a sample outside the map read pixel
+``(0, 0)`` of the channel with weights 0, so there a non-finite ``F[n, c, 0, 0]`` turns every bin
+with an outside sample into NaN; we follow the CUDA kernel, where such a sample reads nothing.)
+
+The backward pass does not look at the features (RoIAlign is linear in them): the gradient
+w.r.t. a non-finite feature is what it would be for a finite one, as in torchvision.
 """
 from __future__ import annotations
 
@@ -45,7 +79,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import asnumpy, get_array_module, is_host, scatter_add
-from .roi_common import CHUNK_ELEMS, check_roi_args, check_sampling, chunks_by_area, convert_boxes_to_rois
+from .roi_common import (CHUNK_ELEMS, check_roi_args, check_sampling, chunks_by_area, convert_boxes_to_rois,
+                         has_nonfinite)
 
 __all__ = [
     "roi_align", "roi_align_forward", "roi_align_backward",
@@ -123,6 +158,37 @@ def bilinear_sample(feature, y, x):
             + wyh * wxl * feature[yh, xl] + wyh * wxh * feature[yh, xh])
 
 
+def _window(reads, K, length, full, xp):
+    """``(origin (K,), extent (K,), S)``: per RoI, the first map index and the number of indices
+    of a window covering every ``idx`` where ``mask`` holds, over ``reads = [(mask, idx), ...]``
+    (arrays of shape (K, ...)); the whole axis when ``full`` (then nothing is read back). A RoI
+    without reads gets the window [0, 1)."""
+    if full:
+        return xp.zeros(K, dtype=np.int64), xp.full(K, length, dtype=np.int64), length
+    big = np.iinfo(np.int64).max
+    lo = hi = None
+    for mask, idx in reads:
+        m_lo = xp.where(mask, idx, big).reshape(K, -1).min(axis=1)
+        m_hi = xp.where(mask, idx, -1).reshape(K, -1).max(axis=1)
+        lo = m_lo if lo is None else xp.minimum(lo, m_lo)
+        hi = m_hi if hi is None else xp.maximum(hi, m_hi)
+    empty = hi < 0
+    origin = xp.where(empty, 0, lo)
+    extent = xp.where(empty, 1, hi - origin + 1)
+    return origin, extent, int(extent.max())
+
+
+def _row_base(K, P, G, S, per_sample, xp):
+    """``(K, P, G)`` offsets of each sample's matrix row in a flat (K, R, S) array: row ``p`` (bin
+    rows, R = P) or ``p * G + i`` (one row per sample, R = P * G)."""
+    R = P * G if per_sample else P
+    if per_sample:
+        rows = xp.arange(R).reshape(1, P, G)
+    else:
+        rows = xp.broadcast_to(xp.arange(P)[None, :, None], (1, P, G))
+    return (xp.arange(K)[:, None, None] * R + rows) * S
+
+
 def _window_matrices(coords, grid, length, per_sample, xp, dtype, full=False):
     """Weight matrices in window coordinates along one axis.
 
@@ -143,36 +209,53 @@ def _window_matrices(coords, grid, length, per_sample, xp, dtype, full=False):
     if K == 0:   # no RoIs: whole-axis width when full (the device path multiplies by the map)
         z = xp.zeros(0, dtype=np.int64)
         return xp.zeros((0, R, length if full else 1), dtype=dtype), z, z
-    if full:  # whole-axis matrices (the dense path): the size is known without reading anything
-        origin = xp.zeros(K, dtype=np.int64)
-        extent = xp.full(K, length, dtype=np.int64)
-        S = length
-    else:
-        # window: the map indices touched by samples with nonzero weight (index 0 when none)
-        big = np.iinfo(np.int64).max
-        tl, th = wl != 0, wh != 0
-        lo = xp.minimum(xp.where(tl, low, big).reshape(K, -1).min(axis=1),
-                        xp.where(th, high, big).reshape(K, -1).min(axis=1))
-        hi = xp.maximum(xp.where(tl, low, -1).reshape(K, -1).max(axis=1),
-                        xp.where(th, high, -1).reshape(K, -1).max(axis=1))
-        empty = hi < 0
-        origin = xp.where(empty, 0, lo)
-        extent = xp.where(empty, 1, hi - origin + 1)
-        S = int(extent.max())
-    if per_sample:
-        rows = xp.arange(R).reshape(1, P, G)
-    else:
-        rows = xp.broadcast_to(xp.arange(P)[None, :, None], (1, P, G))
-    base = (xp.arange(K)[:, None, None] * R + rows) * S
+    # window: the map indices touched by samples with nonzero weight
+    origin, extent, S = _window([(wl != 0, low), (wh != 0, high)], K, length, full, xp)
+    base = _row_base(K, P, G, S, per_sample, xp)
     idx = xp.concatenate([(base + low - origin[:, None, None]).ravel(),
                           (base + high - origin[:, None, None]).ravel()])
     vals = xp.concatenate([wl.ravel(), wh.ravel()])
     if is_host(xp):     # fewer entries to add; on a device the zeros are added instead (no read-back)
         keep = vals != 0
         idx, vals = idx[keep], vals[keep]
+    elif not full:      # ... at index 0: a zero weight's neighbour may lie outside the window
+        idx = xp.where(vals != 0, idx, 0)
     A = xp.zeros(K * R * S, dtype=dtype)
     scatter_add(A, idx, vals)
     return A.reshape(K, R, S), origin, extent
+
+
+def _touch_matrices(coords, grid, length, per_sample, xp, dtype, full=False):
+    """Which map indices the samples *read* along one axis, weight zero or not (for non-finite
+    features, see :func:`_nonfinite_fixup`).
+
+    coords (K, P, G), grid (K,). Returns ``(T, Z, origin, extent)``: ``T`` (K, R, S) is 1 where a
+    real sample of row ``r`` inside ``[-1, length]`` has index ``origin[k] + s`` as its low or high
+    neighbour, ``Z`` is 1 where such a read has weight 0; rows as in :func:`_window_matrices`
+    (R = P, or P*G per sample). The window (or the whole axis when ``full``) covers every read,
+    so it may be wider than :func:`_window_matrices`' (which covers the nonzero weights only).
+    """
+    K, P, G = coords.shape
+    low, high, wl, wh = _bilinear_axis(coords, length, xp)
+    real = xp.arange(G)[None, None, :] < grid[:, None, None]
+    read = real & (coords >= -1.0) & (coords <= length)           # the samples that read the map
+    R = P * G if per_sample else P
+    if K == 0:
+        z = xp.zeros(0, dtype=np.int64)
+        e = xp.zeros((0, R, length if full else 1), dtype=dtype)
+        return e, e, z, z
+    origin, extent, S = _window([(read, low), (read, high)], K, length, full, xp)
+    base = _row_base(K, P, G, S, per_sample, xp)
+    low = xp.where(read, low - origin[:, None, None], 0)          # samples that read nothing
+    high = xp.where(read, high - origin[:, None, None], 0)        # point inside, adding 0
+    idx = xp.concatenate([(base + low).ravel(), (base + high).ravel()])
+    out = []
+    for hit in (xp.concatenate([read.ravel(), read.ravel()]),
+                xp.concatenate([(read & (wl == 0)).ravel(), (read & (wh == 0)).ravel()])):
+        A = xp.zeros(K * R * S, dtype=dtype)
+        scatter_add(A, idx, hit.astype(dtype))                       # counts of reads ...
+        out.append(xp.minimum(A, 1).reshape(K, R, S))                 # ... -> 0 / 1
+    return out[0], out[1], origin, extent
 
 
 def _gather_windows(F_nhwc, b, oy, ox, Sh, Sw, xp):
@@ -371,6 +454,52 @@ def _roi_geometry(rois, spatial_scale, aligned):
     return y1, h, x1, w
 
 
+def _nonfinite_fixup(vals, input, b, cy, gy, cx, gx, per_sample, kind):
+    """Set the outputs whose samples read a non-finite feature, torchvision's way.
+
+    vals (K, C, R, Q): the products computed with the non-finite features replaced by 0 (R, Q
+    bins, or samples when ``per_sample``). ``kind``: the path that computed them ("device",
+    "dense" or "window"); the same path counts, per output, the reads of NaN, +inf and -inf
+    pixels and the zero-weight reads of inf pixels (products of the touch matrices of
+    :func:`_touch_matrices` with indicator maps). An output becomes NaN if it reads a NaN, reads
+    an inf with weight 0, or reads both +inf and -inf; else ±inf if it reads ±inf; else it keeps
+    its value. On the host only the channels holding non-finite values are counted.
+    """
+    xp = get_array_module(input)
+    N, C, H, W = input.shape
+    K = vals.shape[0]
+    full = kind != "window"
+    Ty, Zy, oy, ey = _touch_matrices(cy, gy, H, per_sample, xp, input.dtype, full)
+    Tx, Zx, ox, ex = _touch_matrices(cx, gx, W, per_sample, xp, input.dtype, full)
+    chans = None
+    G = input
+    if is_host(xp):
+        chans = np.flatnonzero(~np.isfinite(input).all(axis=(0, 2, 3)))
+        G = input[:, chans]
+    c = G.shape[1]
+
+    def products(F, b, Ay, oy, ey, Ax, ox, ex):
+        if kind == "device":
+            return _device_forward(F, b, Ay, Ax)
+        if kind == "dense":
+            return _dense_forward(F, b, Ay, Ax)
+        return _separable_forward(F, b, Ay, oy, ey, Ax, ox, ex)[0]
+
+    ind = xp.concatenate([xp.isnan(G), G == xp.inf, G == -xp.inf], axis=1).astype(input.dtype)
+    reads = products(ind, b, Ty, oy, ey, Tx, ox, ex) > 0                   # (K, 3c, R, Q)
+    cat = xp.concatenate
+    zero = products(xp.isinf(G).astype(input.dtype), cat([b, b]), cat([Zy, Ty]), cat([oy, oy]),
+                    cat([ey, ey]), cat([Tx, Zx]), cat([ox, ox]), cat([ex, ex])) > 0   # (2K, c, R, Q)
+    pos, neg = reads[:, c:2 * c], reads[:, 2 * c:]
+    nan = reads[:, :c] | zero[:K] | zero[K:] | (pos & neg)
+    old = vals if chans is None else vals[:, chans]
+    new = xp.where(nan, xp.nan, xp.where(pos, xp.inf, xp.where(neg, -xp.inf, old))).astype(vals.dtype)
+    if chans is None:
+        return new
+    vals[:, chans] = new
+    return vals
+
+
 def bilinear_pool_forward(input, rois, ph, pw, y_start, y_size, x_start, x_size, sampling_ratio, mode,
                         path="auto"):
     """Shared by roi_align / roi_align_max / roi_warp once the RoI geometry is known. ``path``
@@ -393,12 +522,17 @@ def bilinear_pool_forward(input, rois, ph, pw, y_start, y_size, x_start, x_size,
     dense = True if device_path else _use_dense(cy, cx, H, W, K, path)
     Ay, oy, ey = _window_matrices(cy, gy, H, per_sample, xp, input.dtype, full=dense)
     Ax, ox, ex = _window_matrices(cx, gx, W, per_sample, xp, input.dtype, full=dense)
+    nonfinite = K > 0 and has_nonfinite(input)     # NaN/inf: products on zeros, then fixed up
+    feats = xp.where(xp.isfinite(input), input, input.dtype.type(0)) if nonfinite else input
     if device_path:
-        vals, chunks = _device_forward(input, b, Ay, Ax), "device"
+        vals, chunks = _device_forward(feats, b, Ay, Ax), "device"
     elif dense:
-        vals, chunks = _dense_forward(input, b, Ay, Ax), None
+        vals, chunks = _dense_forward(feats, b, Ay, Ax), None
     else:
-        vals, chunks = _separable_forward(input, b, Ay, oy, ey, Ax, ox, ex)
+        vals, chunks = _separable_forward(feats, b, Ay, oy, ey, Ax, ox, ex)
+    if nonfinite:
+        kind = "device" if device_path else "dense" if dense else "window"
+        vals = _nonfinite_fixup(vals, input, b, cy, gy, cx, gx, per_sample, kind)
     geo = (b, Ay, oy, ey, Ax, ox, ex, chunks)
     if mode == "avg":
         return vals, (mode, input.shape, geo, None)
@@ -454,6 +588,8 @@ def roi_align_forward(input, boxes, output_size, spatial_scale: float = 1.0, sam
     so that pixel centres sit at half-integers (the "correct" alignment of Detectron2).
     path: the host implementation — "dense" (whole-axis matrices), "window" (gathered windows)
     or "auto" (a cost model picks; same numbers). Returns ``(out (K, C, PH, PW), cache)``.
+    NaN/inf features affect only the bins whose samples read them, as in torchvision (see the
+    module docstring).
     """
     return _checked_forward("roi_align_forward", "avg", input, boxes, output_size, spatial_scale,
                             sampling_ratio, aligned, path)
@@ -478,7 +614,9 @@ def roi_align_max_forward(input, boxes, output_size, spatial_scale: float = 1.0,
     Same sample points as :func:`roi_align_forward`. Choices: a sample outside ``[-1, H] × [-1, W]``
     reads 0 and takes part in the max (as it takes part in the average); ties go to the first
     sample in (iy, ix) row-major order; a RoI with no samples (zero size with ``aligned=True``)
-    gives 0. ``path`` as in :func:`roi_align_forward`. Returns ``(out (K, C, PH, PW), cache)``.
+    gives 0; NaN/inf features set the samples that read them as in :func:`roi_align_forward`,
+    and a NaN sample wins the max (as in ``np.max``). ``path`` as in :func:`roi_align_forward`.
+    Returns ``(out (K, C, PH, PW), cache)``.
     """
     return _checked_forward("roi_align_max_forward", "max", input, boxes, output_size, spatial_scale,
                             sampling_ratio, aligned, path)

@@ -1,6 +1,6 @@
 """What the RoI ops (RoIAlign, RoIAlign-max, RoIWarp, RoIPool) share: the validation of their
-arguments, RoIs as ``(K, 5)`` arrays, and the chunking of RoIs by window area (bounded
-temporaries on the host)."""
+arguments, RoIs as ``(K, 5)`` arrays, the chunking of RoIs by window area (bounded
+temporaries on the host), and the check for non-finite features."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,8 @@ import numpy as np
 from .._checks import check_array, pair, reads_values
 from ..backend import asnumpy, get_array_module
 
-__all__ = ["convert_boxes_to_rois", "check_roi_args", "check_sampling", "chunks_by_area", "CHUNK_ELEMS"]
+__all__ = ["convert_boxes_to_rois", "check_roi_args", "check_sampling", "chunks_by_area", "CHUNK_ELEMS",
+           "has_nonfinite"]
 
 #: Upper bound on the number of elements of the largest temporary (gathered windows) per chunk.
 CHUNK_ELEMS = 1 << 23
@@ -97,3 +98,14 @@ def chunks_by_area(extent_y, extent_x, n_inner):
         out.append(order[start:stop])
         start = stop
     return out
+
+
+def has_nonfinite(input) -> bool:
+    """Whether the features hold NaN or ±inf, read like the other value checks
+    (:func:`mrcnn_ref._checks.reads_values`): always on the host (one ``isfinite`` pass, far
+    cheaper than the op), on a device only with ``MRCNN_REF_CHECK_DEVICE_VALUES=1`` (one
+    device->host transfer); otherwise False without reading anything."""
+    if input.size == 0 or not reads_values(input):
+        return False
+    xp = get_array_module(input)
+    return not bool(xp.isfinite(input).all())

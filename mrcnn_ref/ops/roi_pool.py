@@ -29,13 +29,24 @@ of length L is the max of two overlapping ranges of length ``2**floor(log2 L)``)
   the rows of each RoI's window, carrying the winner's position next to the value.
 
 Backward is one scatter-add of the gradients to the argmax pixels.
+
+Non-finite features, as torchvision: its scan starts from ``maxval = -FLT_MAX`` (the float32
+lowest, for every dtype) and takes a pixel only ``if (v > maxval)``, so NaN and -inf are never
+selected and +inf is (the first one). A bin whose pixels are all NaN or -inf outputs -FLT_MAX
+(-inf in float16) and gets no gradient; NaN and ±inf outside every bin have no effect. We get
+this by reading NaN as -inf and then giving a non-empty bin whose max is -inf the value -FLT_MAX
+and no argmax (:func:`_unselected_bins`). On the host that runs only when an ``isfinite`` check
+finds a non-finite value; on a device always (a few elementwise passes; nothing is read back).
+(For finite float64 features below -FLT_MAX, torchvision's rule would also give -FLT_MAX; ours
+gives their max — not changed here.)
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .._checks import reads_values
 from ..backend import asnumpy, get_array_module, scatter_add
-from .roi_common import check_roi_args, chunks_by_area
+from .roi_common import check_roi_args, chunks_by_area, has_nonfinite
 
 __all__ = ["roi_pool", "roi_pool_forward", "roi_pool_backward", "round_half_away"]
 
@@ -268,6 +279,20 @@ def _forward_sparse2d(input, b, hs, he, ws, we, xp):
     return out, idx
 
 
+def _unselected_bins(out, idx, xp):
+    """Non-empty bins whose max came out -inf (every pixel NaN or -inf, NaN having been read as
+    -inf): torchvision's scan selects none of their pixels, so they output -FLT_MAX (the float32
+    lowest, -inf in float16) with no argmax: their gradient index is ``c`` (the dump pixel).
+    out (K, C, PH, PW), idx (K, PH, PW, C)."""
+    C = out.shape[1]
+    none = out == -xp.inf                                   # empty bins hold 0, never -inf
+    f32 = np.finfo(np.float32)
+    lowest = float(f32.min) if np.finfo(out.dtype).max >= f32.max else -np.inf
+    out = xp.where(none, out.dtype.type(lowest), out)
+    idx = xp.where(none.transpose(0, 2, 3, 1), xp.arange(C, dtype=idx.dtype), idx)
+    return out, idx
+
+
 def roi_pool_forward(input, boxes, output_size, spatial_scale: float = 1.0):
     """RoIPool forward.
 
@@ -280,7 +305,8 @@ def roi_pool_forward(input, boxes, output_size, spatial_scale: float = 1.0):
     NumPy float32/float16 inputs use the 2-D sparse table of packed keys
     (:func:`_forward_sparse2d`; float16 computed in float32, which is exact); other dtypes and
     CuPy arrays use the separable range max (:func:`_forward_separable`). Both give the same
-    numbers and the same argmax (the first maximum in row-major order).
+    numbers and the same argmax (the first maximum in row-major order). NaN and -inf are never
+    selected, as in torchvision (see the module docstring).
     """
     where = "roi_pool_forward"
     xp, rois, (ph, pw), scale = check_roi_args(input, boxes, output_size, spatial_scale, where)
@@ -292,11 +318,16 @@ def roi_pool_forward(input, boxes, output_size, spatial_scale: float = 1.0):
     if K == 0:
         out = xp.zeros((0, C, ph, pw), dtype=input.dtype)
         return out, (xp.zeros((0, ph, pw, C), dtype=np.int64), input.shape, input.dtype)
+    # NaN/inf (see the module docstring): checked on the host, handled blindly on a device
+    nonfinite = not reads_values(input) or has_nonfinite(input)
+    x = xp.where(xp.isnan(input), input.dtype.type(-np.inf), input) if nonfinite else input
     if xp is np and input.dtype in (np.float32, np.float16) and (N * H * W + 1) * C < 2**32:
-        out, idx = _forward_sparse2d(input.astype(np.float32, copy=False), b, hs, he, ws, we, xp)
+        out, idx = _forward_sparse2d(x.astype(np.float32, copy=False), b, hs, he, ws, we, xp)
         out = out.astype(input.dtype, copy=False)
     else:
-        out, idx = _forward_separable(input, b, hs, he, ws, we, xp)
+        out, idx = _forward_separable(x, b, hs, he, ws, we, xp)
+    if nonfinite:
+        out, idx = _unselected_bins(out, idx, xp)
     return out, (idx, input.shape, input.dtype)
 
 

@@ -17,6 +17,8 @@ so the snapped RoI starts and ends exactly on pixels. The only difference from R
 first rounding — which is what the paper's Table 2c isolates.
 
 Backward is RoIAlign's (the op is linear in the features; the rounded coordinates are constants).
+NaN/inf features are handled by RoIAlign's rules too: only the bins whose samples read one are
+affected (see :mod:`mrcnn_ref.ops.roi_align`).
 """
 from __future__ import annotations
 
