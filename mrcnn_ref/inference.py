@@ -11,7 +11,7 @@ import os
 import time
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm   # the console bar (tqdm.auto warns in notebooks without ipywidgets)
 
 from ._io import write_json
 from .backend import asnumpy

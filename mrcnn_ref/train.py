@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
+from tqdm import tqdm   # the console bar (tqdm.auto warns in notebooks without ipywidgets)
 
 from .backend import backend_name
 from .data.transforms import random_hflip, to_model_input
