@@ -39,6 +39,8 @@ import re
 import sys
 import time
 
+from tqdm import tqdm
+
 from . import __version__
 from ._io import atomic_write
 
@@ -278,8 +280,6 @@ def build_book(out, chapters=None, *, smoke: bool = False, timeout: float = DEFA
                             **({"mathjax_url": str(mathjax_url)} if mathjax_url else {}))
     bar = None
     if progress:
-        from tqdm.auto import tqdm  # noqa: PLC0415
-
         bar = tqdm(total=sum(_n_code_cells(nb) for nb in notebooks), desc="book", unit="cell",
                    dynamic_ncols=True)
     try:
