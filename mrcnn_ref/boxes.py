@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from ._checks import check_array
+from ._checks import check_array, reads_values
 from .backend import get_array_module
 
 __all__ = [
@@ -170,7 +170,8 @@ def encode_boxes(reference_boxes, proposals, weights=RPN_BOX_WEIGHTS):
     """Regression targets that move each proposal onto its reference (ground-truth) box.
 
     reference_boxes: (N, 4) target boxes g; proposals: (N, 4) boxes p (anchors or proposals), both
-    floating (x1, y1, x2, y2) with positive widths and heights.
+    floating (x1, y1, x2, y2) with positive widths and heights (a ``ValueError`` otherwise: a
+    zero-size box has no target, and torchvision's inf/NaN would poison a loss).
     weights: (wx, wy, ww, wh), ``RPN_BOX_WEIGHTS`` (1, 1, 1, 1) or ``HEAD_BOX_WEIGHTS`` (10, 10, 5, 5).
     Returns (N, 4) deltas ``(tx, ty, tw, th)``::
 
@@ -188,6 +189,16 @@ def encode_boxes(reference_boxes, proposals, weights=RPN_BOX_WEIGHTS):
     xp = get_array_module(reference_boxes, proposals)
     px, py, pw, ph = _centres(proposals)
     gx, gy, gw, gh = _centres(reference_boxes)
+    # a box of zero (or negative) width or height has no target: x / 0 and log(0) would give
+    # inf/NaN silently (torchvision's encode does); on a device only when values are checked
+    if proposals.shape[0] and reads_values(proposals, reference_boxes):
+        for name, w_, h_ in (("proposals", pw, ph), ("reference_boxes", gw, gh)):
+            bad = ~((w_ > 0) & (h_ > 0))
+            if bool(bad.any()):
+                i = int(xp.flatnonzero(bad)[0])
+                box = (proposals if name == "proposals" else reference_boxes)[i]
+                raise ValueError(f"{where}: {name} must have positive widths and heights (x2 > x1, "
+                                 f"y2 > y1); box {i} is {[float(v) for v in box]}")
     with np.errstate(divide="ignore", invalid="ignore"):
         return xp.stack([wx * (gx - px) / pw,
                          wy * (gy - py) / ph,

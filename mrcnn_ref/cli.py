@@ -168,6 +168,8 @@ def _cmd_evaluate(args) -> int:
         if not (args.coco_annotations and args.coco_images):
             raise ValueError("evaluate: give both --coco-annotations and --coco-images")
         dataset = CocoDataset(args.coco_annotations, args.coco_images, max_side=max_side)
+        if extra.get("categories"):       # the data's categories must be the model's
+            dataset.check_categories(extra["categories"])
     else:
         # shapes images are generated from their index: any range of a split exists
         n_split = (None if rcfg.train.dataset != "shapes"

@@ -105,6 +105,8 @@ def train_config_from_dict(d: dict) -> TrainConfig:
     kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
     for k, v in kw.items():
         if _TRAIN_FIELDS[k].type == "float" and isinstance(v, int) and not isinstance(v, bool):
+            if abs(v) > 2 ** 53:
+                raise ValueError(f"train config: {k} = {v} is out of range")
             kw[k] = float(v)
     return TrainConfig(**kw).validate()
 
@@ -151,6 +153,12 @@ def _run_config_from_dict(d: dict, name: str) -> RunConfig:
     if unknown:
         raise ValueError(f"run config {name!r}: unknown section(s) {unknown}; expected 'model', 'train' "
                          "(and optionally 'preset', 'name')")
+    for section in ("model", "train"):
+        if not isinstance(d.get(section, {}), dict):
+            raise ValueError(f"run config {name!r}: the {section!r} section must be a table of keys, "
+                             f"got {type(d[section]).__name__}")
+    if not isinstance(d.get("name", name), str):
+        raise ValueError(f"run config {name!r}: 'name' must be a string, got {d['name']!r}")
     model_d, train_d = dict(d.get("model", {})), dict(d.get("train", {}))
     if base_name is not None:
         if base_name not in RUN_PRESETS:

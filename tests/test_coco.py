@@ -186,3 +186,193 @@ def test_shapes_to_coco_round_trip(tmp_path):
         for k in ("image", "boxes", "labels", "masks"):
             np.testing.assert_array_equal(a[k], b[k])
         assert a["image_id"] == b["image_id"]
+
+
+# ----------------------------------------------------------------------------------------------
+# compressed RLE strings are decoded when the JSON is loaded
+# ----------------------------------------------------------------------------------------------
+def _wrong_total_string():
+    from mrcnn_ref.data.rle import counts_to_string
+
+    return counts_to_string([100, 20, 479])        # 599 pixels for a 20 x 30 = 600 image
+
+
+# 64 runs of 2**58 pixels plus 4: the int64 sum wraps around to 4 (a 2x2 mask). Before the runs
+# were bounded, np.repeat was handed the huge runs and the process crashed (segfault).
+WRAPPING_COUNTS = "4" + "P" * 11 + "8" + "P" * 11 + "8" + "0" * 62
+
+
+@pytest.mark.parametrize("counts,why", [
+    ("0123\x7f", "outside the RLE alphabet"),                 # not RLE characters
+    ("é5", "outside the RLE alphabet"),                       # not even ASCII
+    ("5a", "ends in the middle of a number"),                 # 'a' has the "more" bit, nothing follows
+    ("", "sum to 0"),                                         # no runs at all
+    (_wrong_total_string(), "sum to 599 .* 600 pixels"),      # decodes, to the wrong total
+    ("0" + "o" * 13 + "0", "too long"),                        # a run of more than 60 bits
+    (WRAPPING_COUNTS, "sum to 18446744073709551620"),        # huge runs whose int64 sum wraps
+])
+def test_bad_rle_strings_fail_at_load_naming_the_annotation(coco_dir, counts, why):
+    data = _dataset_dict()
+    data["annotations"][1]["segmentation"] = {"size": [20, 30], "counts": counts}
+    with pytest.raises(ValueError, match=f"bad.json: annotation id 2: RLE counts do not decode.*{why}") as e:
+        CocoDataset(_write(coco_dir, data, "bad.json"), coco_dir)       # no image is read
+    assert "\n" not in str(e.value)
+
+
+def test_wrapping_rle_string_is_an_error_not_a_crash():
+    from mrcnn_ref.data.rle import counts_from_string, rle_area, rle_decode
+
+    rle = {"size": [2, 2], "counts": WRAPPING_COUNTS}
+    runs = counts_from_string(WRAPPING_COUNTS)
+    assert runs[0] == 4 and (runs[1:] == 2 ** 58).all() and int(runs.sum()) == 4   # int64 wraps
+    for fn in (rle_decode, rle_area):
+        with pytest.raises(ValueError, match="sum to 18446744073709551620 but size 2x2"):
+            fn(rle)
+    with pytest.raises(ValueError, match="sum to"):       # the same as uncompressed counts
+        rle_decode({"size": [2, 2], "counts": [4] + [2 ** 58] * 64})
+    with pytest.raises(TypeError, match="str or bytes"):
+        counts_from_string(10 ** 9)                       # was bytes(10**9): a gigabyte of zeros
+    with pytest.raises(ValueError, match=r"rle\['size'\]"):
+        rle_decode({"size": [float("inf"), 2], "counts": []})     # was OverflowError
+
+
+def test_rle_strings_that_decode_load_and_match_pycocotools(coco_dir):
+    mask_util = pytest.importorskip("pycocotools.mask")
+    m = np.zeros((20, 30), np.uint8)
+    m[3:9, 4:12] = 1
+    m[15:, 25:] = 1
+    data = _dataset_dict()
+    data["annotations"][1]["segmentation"] = {
+        "size": [20, 30], "counts": mask_util.encode(np.asfortranarray(m))["counts"].decode()}
+    data["annotations"][1]["bbox"] = [4, 3, 26, 17]
+    ds = CocoDataset(_write(coco_dir, data), coco_dir)
+    np.testing.assert_array_equal(ds[2]["masks"][1], m.astype(bool))
+
+
+# ----------------------------------------------------------------------------------------------
+# area: computed when the file has none (COCO evaluation needs it), checked when it has one
+# ----------------------------------------------------------------------------------------------
+def test_missing_area_is_computed_the_coco_way(coco_dir):
+    mask_util = pytest.importorskip("pycocotools.mask")
+    data = _dataset_dict()
+    for a in data["annotations"]:
+        del a["area"]
+    data["annotations"][0]["segmentation"] = [[2, 3, 12, 3, 12, 11, 2, 11], [0, 0, 1.5, 0, 0, 1]]
+    ds = CocoDataset(_write(coco_dir, data), coco_dir)
+    areas = {a["id"]: a["area"] for a in ds.to_coco()["annotations"]}
+    assert areas[1] == 80 + 0.75                  # polygons: geometric (shoelace) area, summed
+    for i in (2, 3, 4):                           # RLE, compressed or not: the pixel count
+        seg = data["annotations"][i - 1]["segmentation"]
+        h, w = seg["size"]
+        rle = (mask_util.frPyObjects(seg, h, w) if isinstance(seg["counts"], list)
+               else {"size": seg["size"], "counts": seg["counts"].encode()})
+        assert areas[i] == int(mask_util.area(rle)) and isinstance(areas[i], int)
+    assert "area" not in json.loads((coco_dir / "instances.json").read_text())["annotations"][0]
+
+
+def test_file_without_area_evaluates_like_pycocotools(coco_dir):
+    """The evaluation (ours and pycocotools') needs 'area' for the small/medium/large split."""
+    pytest.importorskip("pycocotools")
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from mrcnn_ref.evaluate import coco_evaluate
+
+    data = _dataset_dict()
+    for a in data["annotations"]:
+        del a["area"]
+    ds = CocoDataset(_write(coco_dir, data), coco_dir)
+    gt = ds.to_coco()
+    results = [{"image_id": 10, "category_id": 5, "bbox": [2, 3, 10, 8], "score": 0.9},
+               {"image_id": 10, "category_id": 2, "bbox": [19, 2, 7, 6], "score": 0.8},
+               {"image_id": 3, "category_id": 9, "bbox": [0, 0, 4, 4], "score": 0.7}]
+    ours = coco_evaluate(gt, results, "bbox")
+    coco_gt = COCO()
+    coco_gt.dataset = copy.deepcopy(gt)
+    coco_gt.createIndex()
+    ev = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(results)), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    np.testing.assert_allclose([ours["AP"], ours["AP50"], ours["APs"], ours["APm"], ours["APl"]],
+                               [ev.stats[0], ev.stats[1], ev.stats[3], ev.stats[4], ev.stats[5]])
+
+
+@pytest.mark.parametrize("area", [float("nan"), float("inf"), -1, "80", None, [80], True])
+def test_bad_area_fails_at_load(coco_dir, area):
+    data = _dataset_dict()
+    data["annotations"][0]["area"] = area
+    with pytest.raises(ValueError, match="bad.json: annotation id 1: area must be a finite number >= 0"):
+        CocoDataset(_write(coco_dir, data, "bad.json"), coco_dir)
+
+
+@pytest.mark.parametrize("mutate,msg", [
+    (lambda d: d["annotations"][0].__setitem__("id", [1]), "annotation id \\[1\\]: id must be an integer"),
+    (lambda d: d["annotations"][0].__setitem__("image_id", [10]), "annotation id 1: image_id must be an integer"),
+    (lambda d: d["annotations"][0].__setitem__("category_id", True), "annotation id 1: category_id must be"),
+    (lambda d: d["annotations"][1]["segmentation"].__setitem__("size", 20), "annotation id 2: RLE size 20"),
+    (lambda d: d["categories"][0].pop("name"), "category 5: needs a 'name'"),
+    (lambda d: d["images"][0].__setitem__("file_name", ["a.png"]), "image 10: file_name must be"),
+])
+def test_ids_names_and_sizes_of_the_wrong_type_fail_clearly(coco_dir, mutate, msg):
+    data = _dataset_dict()
+    mutate(data)
+    with pytest.raises(ValueError, match=f"bad.json: {msg}"):
+        CocoDataset(_write(coco_dir, data, "bad.json"), coco_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# check_categories: a trained model's categories against the data's
+# ----------------------------------------------------------------------------------------------
+def test_check_categories_accepts_the_training_datasets_own(coco_dir):
+    from mrcnn_ref.train import _categories
+
+    ds = CocoDataset(_write(coco_dir, _dataset_dict()), coco_dir)
+    ds.check_categories(_categories(ds))                      # what a checkpoint stores
+    sub = CocoDataset(_write(coco_dir, _dataset_dict()), coco_dir, category_ids=[9, 5])
+    sub.check_categories(_categories(sub))
+    assert ds.check_categories(list(reversed(_categories(ds)))) is None     # order does not matter
+
+
+@pytest.mark.parametrize("change,msg", [
+    (lambda cats: cats[:2], r"category id\(s\) \[9\] \('owl'\) are not known to the model"),
+    (lambda cats: cats + [{"label": 4, "id": 11, "name": "bat"}],
+     r"the model has 4 categories, the dataset 3; model category id\(s\) \[11\] are not in the dataset$"),
+    (lambda cats: [{**c, "name": "kitten"} if c["id"] == 5 else c for c in cats],
+     "category id 5 is 'cat' in the dataset but 'kitten' in the model"),
+    (lambda cats: [{**c, "label": {1: 2, 2: 1}.get(c["label"], c["label"])} for c in cats],
+     "category id 2 \\('dog'\\) is label 1 in the dataset but label 2 in the model"),
+    (lambda cats: [{**c, "id": c["id"] + 100} for c in cats], "are not known to the model"),
+])
+def test_check_categories_names_the_mismatch(coco_dir, change, msg):
+    from mrcnn_ref.train import _categories
+
+    ds = CocoDataset(_write(coco_dir, _dataset_dict()), coco_dir)
+    with pytest.raises(ValueError, match=msg) as e:
+        ds.check_categories(change(_categories(ds)))
+    assert "instances.json: the model's categories do not match the dataset's" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_check_categories_hints_at_category_ids_for_a_superset(coco_dir):
+    from mrcnn_ref.train import _categories
+
+    model_ds = CocoDataset(_write(coco_dir, _dataset_dict()), coco_dir, category_ids=[2, 5])
+    full = CocoDataset(_write(coco_dir, _dataset_dict()), coco_dir)
+    with pytest.raises(ValueError, match=r"id\(s\) \[9\] \('owl'\) are not known to the model, which has 2 "
+                                         r"categories \(ids \[2, 5\]\), the dataset 3; to evaluate on the "
+                                         r"model's categories only, load the data with category_ids=\[2, 5\]$"):
+        full.check_categories(_categories(model_ds))
+    CocoDataset(_write(coco_dir, _dataset_dict()), coco_dir,
+                category_ids=[c["id"] for c in _categories(model_ds)]).check_categories(_categories(model_ds))
+
+
+@pytest.mark.parametrize("bad,error", [
+    (None, TypeError), ({"label": 1}, TypeError), ([{"label": 1, "id": 2}], ValueError),
+    ([{"label": "1", "id": 2, "name": "dog"}], ValueError), (["dog"], ValueError),
+    ([{"label": 1, "id": 2, "name": "dog"}, {"label": 2, "id": 2, "name": "dog"}], ValueError),
+])
+def test_check_categories_refuses_malformed_lists(coco_dir, bad, error):
+    ds = CocoDataset(_write(coco_dir, _dataset_dict()), coco_dir)
+    with pytest.raises(error, match="check_categories"):
+        ds.check_categories(bad)

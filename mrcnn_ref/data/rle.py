@@ -25,6 +25,8 @@ counts (a few dozen per mask). Decoding of the string is fully vectorised.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from skimage.draw import polygon as draw_polygon
 
@@ -70,7 +72,13 @@ def counts_from_string(s) -> np.ndarray:
     places before" (for i > 2) is undone with a cumulative sum along the even and odd positions.
     """
     if isinstance(s, str):
-        s = s.encode("ascii")
+        try:
+            s = s.encode("ascii")
+        except UnicodeEncodeError:
+            raise ValueError("counts_from_string: counts string has characters outside the RLE "
+                             "alphabet (ASCII 48..111)") from None
+    elif not isinstance(s, (bytes, bytearray)):
+        raise TypeError(f"counts_from_string: counts must be a str or bytes, got {type(s).__name__}")
     b = np.frombuffer(bytes(s), dtype=np.uint8).astype(np.int64) - 48
     if b.size == 0:
         return np.zeros(0, dtype=np.int64)
@@ -145,17 +153,34 @@ def rle_encode(mask) -> dict:
     return {"size": [int(h), int(w)], "counts": counts_to_string(_mask_counts(mask))}
 
 
+def _size_value(v):
+    """An RLE size entry as an int, or None if it is not a finite, integral number >= 0."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return None
+    if not math.isfinite(v) or v < 0 or int(v) != v:
+        return None
+    return int(v)
+
+
+#: Largest h * w an RLE may describe: its run lengths are summed in int64.
+_MAX_PIXELS = 2 ** 60
+
+
 def _rle_parts(rle, where):
     """Validate an RLE dict and return (h, w, counts int64 array)."""
     if not isinstance(rle, dict):
         raise TypeError(f"{where}: rle must be a dict with keys 'size' and 'counts', "
                         f"got {type(rle).__name__}")
     if "size" not in rle or "counts" not in rle:
-        raise ValueError(f"{where}: rle must have keys 'size' and 'counts', got {sorted(rle)}")
+        raise ValueError(f"{where}: rle must have keys 'size' and 'counts', got {sorted(map(str, rle))}")
     size = rle["size"]
-    if len(size) != 2 or any(int(v) != v or v < 0 for v in size):
+    hw = ([_size_value(v) for v in size]
+          if isinstance(size, (list, tuple, np.ndarray)) and np.ndim(size) == 1 else [])
+    if len(hw) != 2 or None in hw:
         raise ValueError(f"{where}: rle['size'] must be [h, w] with non-negative ints, got {size!r}")
-    h, w = int(size[0]), int(size[1])
+    h, w = hw
+    if h * w > _MAX_PIXELS:
+        raise ValueError(f"{where}: rle['size'] {h}x{w} is too large")
     counts = rle["counts"]
     if isinstance(counts, (str, bytes)):
         cnts = counts_from_string(counts)
@@ -163,12 +188,21 @@ def _rle_parts(rle, where):
         cnts = np.asarray(counts)
         if cnts.ndim != 1 or (cnts.size and not np.issubdtype(cnts.dtype, np.integer)):
             raise ValueError(f"{where}: rle['counts'] must be a str/bytes or a list of ints")
+        if cnts.size and cnts.dtype == np.uint64 and int(cnts.max()) > _MAX_PIXELS:
+            raise ValueError(f"{where}: rle['counts'] has a run longer than the {h}x{w} mask")
         cnts = cnts.astype(np.int64)
     if (cnts < 0).any():
         raise ValueError(f"{where}: rle['counts'] has negative run lengths")
-    if int(cnts.sum()) != h * w:
-        raise ValueError(f"{where}: run lengths sum to {int(cnts.sum())} but size {h}x{w} "
-                         f"has {h * w} pixels")
+    # Each run must fit in the mask, and the sum is checked in float64 too: int64 sums of huge
+    # runs wrap around, and a wrapped sum that happens to equal h * w would let np.repeat
+    # allocate (or crash on) an absurd mask.
+    if cnts.size and (int(cnts.max()) > h * w
+                      or float(cnts.sum(dtype=np.float64)) > 2.0 * h * w + 1.0
+                      or int(cnts.sum()) != h * w):
+        total = sum(cnts.tolist())
+        raise ValueError(f"{where}: run lengths sum to {total} but size {h}x{w} has {h * w} pixels")
+    if not cnts.size and h * w:
+        raise ValueError(f"{where}: run lengths sum to 0 but size {h}x{w} has {h * w} pixels")
     return h, w, cnts
 
 

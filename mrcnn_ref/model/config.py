@@ -190,9 +190,12 @@ class MaskRCNNConfig:
         for n in ("anchor_sizes", "box_weights"):
             if any(not v > 0 for v in getattr(self, n)):
                 raise ValueError(f"{where}: {n} must be numbers > 0, got {list(getattr(self, n))}")
-        for n in ("rpn_smooth_l1_beta", "box_smooth_l1_beta", "rpn_min_size", "box_min_size"):
+        for n in ("rpn_smooth_l1_beta", "box_smooth_l1_beta", "box_min_size"):
             if getattr(self, n) < 0:
                 raise ValueError(f"{where}: {n} must be >= 0, got {getattr(self, n)!r}")
+        if not self.rpn_min_size > 0:      # a zero-size proposal has no box regression target
+            raise ValueError(f"{where}: rpn_min_size must be > 0 (proposals of zero width or height "
+                             f"have no regression target), got {self.rpn_min_size!r}")
         positive("roi_canonical_size")
         return self
 
@@ -200,22 +203,35 @@ class MaskRCNNConfig:
 _FIELDS = {f.name: f for f in fields(MaskRCNNConfig)}
 
 
+#: Largest magnitude of a number in a config: beyond it an int is not a float exactly (JSON,
+#: TOML and NumPy read it differently) and no setting of the model makes sense.
+MAX_CONFIG_NUMBER = 2 ** 53
+
+
+def _finite_number(x) -> bool:
+    """A finite int/float of sane size (``math.isfinite`` overflows on huge ints)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    if isinstance(x, int):
+        return abs(x) <= MAX_CONFIG_NUMBER
+    return math.isfinite(x)
+
+
 def check_field_types(config, where):
-    """Every field of a config dataclass has its declared type; numbers are finite. (The
-    ranges are checked by each class's ``validate``.)"""
+    """Every field of a config dataclass has its declared type; numbers are finite (ints at most
+    ``2**53`` in size). (The ranges are checked by each class's ``validate``.)"""
     for f in fields(config):
         v = getattr(config, f.name)
         if f.type == "bool":
             ok = isinstance(v, bool)
-        elif f.type == "int":
-            ok = isinstance(v, int) and not isinstance(v, bool)
-        elif f.type == "float":
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-            if ok and not math.isfinite(v):
-                raise ValueError(f"{where}: {f.name} must be a finite number, got {v!r}")
+        elif f.type in ("int", "float"):
+            ok = (isinstance(v, int) if f.type == "int" else isinstance(v, (int, float))) \
+                and not isinstance(v, bool)
+            if ok and not _finite_number(v):
+                raise ValueError(f"{where}: {f.name} must be a finite number of at most 2**53 in "
+                                 f"size, got {v!r}")
         elif f.type == "tuple":
-            ok = isinstance(v, (tuple, list)) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                              and math.isfinite(x) for x in v)
+            ok = isinstance(v, (tuple, list)) and all(map(_finite_number, v))
         elif f.type == "str":
             ok = isinstance(v, str)
         elif f.type == "dict":
@@ -281,8 +297,9 @@ def config_from_dict(d: dict) -> MaskRCNNConfig:
         kw["backbone_overrides"] = dict(kw["backbone_overrides"])
     # ints given where floats are expected are fine; floats where ints are expected are not
     for k, v in kw.items():
-        if _FIELDS[k].type == "float" and isinstance(v, int) and not isinstance(v, bool):
-            kw[k] = float(v)
+        if _FIELDS[k].type == "float" and isinstance(v, int) and not isinstance(v, bool) \
+                and _finite_number(v):
+            kw[k] = float(v)           # (a huge int stays, and check_field_types names it)
     return MaskRCNNConfig(**kw).validate()
 
 

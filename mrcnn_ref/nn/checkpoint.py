@@ -16,8 +16,10 @@ Safety:
   checkpoint untouched (the temp file is removed).
 * **No pickle.** :func:`load_checkpoint` uses ``np.load(allow_pickle=False)``, so a file cannot run
   code when loaded; object arrays are refused with a message naming the file and the array.
-* **Validation.** A file that is not a zip archive, a damaged or truncated one, a parameter that is
-  not a floating-point array or holds NaN/inf: each is one :class:`CheckpointError` naming the file
+* **Validation.** A file that is not a zip archive, a damaged or truncated one (whatever part the
+  damage hits: data, headers, flags, names), an array name found twice, a ``meta`` that is not a
+  JSON object of the documented fields, optimizer entries that clash, a parameter that is not a
+  floating-point array or holds NaN/inf: each is one :class:`CheckpointError` naming the file
   (and the array). With ``expected`` (a dict of shapes, or of arrays such as
   ``model.named_parameters()``), missing, unexpected or mis-shaped parameters are reported by name.
 """
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 
 import numpy as np
 
@@ -54,13 +55,22 @@ def _flatten(tree, prefix, arrays, scalars):
             scalars[path] = v
 
 
-def _unflatten(flat: dict) -> dict:
+def _one_line(e) -> str:
+    return " ".join(str(e).split())
+
+
+def _unflatten(flat: dict, where: str = "load_checkpoint") -> dict:
     out: dict = {}
     for path, v in flat.items():
         node = out
         parts = path.split("/")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise CheckpointError(f"{where}: optimizer state entry {path!r} lies inside another "
+                                      "entry that is not a group")
+        if parts[-1] in node:
+            raise CheckpointError(f"{where}: optimizer state entry {path!r} clashes with another entry")
         node[parts[-1]] = v
     return out
 
@@ -148,25 +158,50 @@ def load_checkpoint(path, expected: dict | None = None) -> dict:
                               f"{e})") from None
     with npz:
         arrays = {}
+        duplicates = sorted({n for n in npz.files if npz.files.count(n) > 1})
+        if duplicates:      # "x" and "x.npy" are both the array "x": which one is meant?
+            raise CheckpointError(f"load_checkpoint: {path!r} is damaged: array name(s) {duplicates[:10]} "
+                                  "appear twice in the archive")
         for name in npz.files:
             try:
                 arrays[name] = npz[name]
             except ValueError as e:
-                raise CheckpointError(
-                    f"load_checkpoint: {path!r}: array {name!r} holds Python objects (pickle) and was "
-                    f"refused (loading uses allow_pickle=False): {e}") from None
-            except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
+                if "allow_pickle" in str(e):
+                    raise CheckpointError(
+                        f"load_checkpoint: {path!r}: array {name!r} holds Python objects (pickle) and was "
+                        f"refused (loading uses allow_pickle=False)") from None
+                raise CheckpointError(f"load_checkpoint: {path!r} is damaged: array {name!r} cannot be "
+                                      f"read ({_one_line(e)})") from None
+            except Exception as e:  # noqa: BLE001 - damage shows as many errors: BadZipFile, EOFError,
+                # zlib.error, RuntimeError ("encrypted": a flipped flag bit), NotImplementedError
+                # (a flipped compression method), MemoryError (a flipped shape), ...
                 raise CheckpointError(f"load_checkpoint: {path!r} is damaged or truncated: array {name!r} "
-                                      f"cannot be read ({type(e).__name__}: {e})") from None
+                                      f"cannot be read ({type(e).__name__}: {_one_line(e)})") from None
     if "meta" not in arrays:
         raise CheckpointError(f"load_checkpoint: {path!r} has no 'meta' entry; not a mrcnn_ref checkpoint")
+    meta_array = arrays.pop("meta")
+    if meta_array.shape != () or meta_array.dtype.kind != "U":
+        raise CheckpointError(f"load_checkpoint: {path!r}: 'meta' must be a JSON string, got an array "
+                              f"of dtype {meta_array.dtype} and shape {meta_array.shape}")
     try:
-        meta = json.loads(str(arrays.pop("meta")[()]))
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"load_checkpoint: {path!r}: 'meta' is not valid JSON: {e}") from None
-    if meta.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"load_checkpoint: {path!r} has format version {meta.get('format')!r}; "
+        meta = json.loads(str(meta_array[()]))
+    except (ValueError, TypeError, RecursionError) as e:
+        raise CheckpointError(f"load_checkpoint: {path!r}: 'meta' is not valid JSON: "
+                              f"{_one_line(e)}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"load_checkpoint: {path!r}: 'meta' must be a JSON object, got "
+                              f"{type(meta).__name__}")
+    fmt = meta.get("format")
+    if isinstance(fmt, bool) or fmt != FORMAT_VERSION:
+        raise CheckpointError(f"load_checkpoint: {path!r} has format version {fmt!r}; "
                               f"this version of mrcnn_ref reads version {FORMAT_VERSION}")
+    for key in ("config", "rng_state", "extra", "optimizer_scalars"):
+        if not (meta.get(key) is None or isinstance(meta[key], dict)):
+            raise CheckpointError(f"load_checkpoint: {path!r}: meta[{key!r}] must be an object or null, "
+                                  f"got {type(meta[key]).__name__}")
+    if not isinstance(meta.get("has_optimizer", False), bool):
+        raise CheckpointError(f"load_checkpoint: {path!r}: meta['has_optimizer'] must be true or false, "
+                              f"got {meta['has_optimizer']!r}")
     params, optim, other = {}, {}, []
     for name, a in arrays.items():
         if name.startswith("param/"):
@@ -204,7 +239,14 @@ def load_checkpoint(path, expected: dict | None = None) -> dict:
     optimizer_state = None
     if meta.get("has_optimizer"):
         flat = dict(meta.get("optimizer_scalars") or {})
+        both = sorted(set(flat) & set(optim))
+        if both:
+            raise CheckpointError(f"load_checkpoint: {path!r}: optimizer state entry(ies) {both[:10]} "
+                                  "are both an array and a value")
         flat.update(optim)
-        optimizer_state = _unflatten(flat)
+        optimizer_state = _unflatten(flat, f"load_checkpoint: {path!r}")
+    elif optim:
+        raise CheckpointError(f"load_checkpoint: {path!r} has optimizer arrays {sorted(optim)[:5]} but "
+                              "its meta says it has no optimizer state")
     return dict(params=params, optimizer_state=optimizer_state, config=meta.get("config"),
                 rng_state=meta.get("rng_state"), extra=meta.get("extra"))

@@ -381,6 +381,10 @@ def _dense_backward(dout, input_shape, b, Ay, Ax):
     return xp.ascontiguousarray(gw.transpose(0, 2, 3, 1))
 
 
+#: Adaptive sampling refuses more samples per bin side than this (the weight matrices would not fit).
+_MAX_ADAPTIVE_GRID = 1 << 16
+
+
 def _device_forward(input, b, Ay, Ax):
     """The path on a device: ``out[k] = Ay[k] @ F[b_k] @ Ax[k].T`` with whole-axis Ay (K, R, H),
     Ax (K, Q, W) as two batched matrix products per image, RoIs of other images weighted 0.
@@ -513,8 +517,12 @@ def bilinear_pool_forward(input, rois, ph, pw, y_start, y_size, x_start, x_size,
     b = rois[:, 0].astype(np.int64)
     gy_max = gx_max = None
     if sampling_ratio <= 0 and K:      # adaptive grids: both axes' largest in one read
-        gy_max, gx_max = (max(int(g), 1) for g in asnumpy(xp.stack(
-            [xp.ceil(y_size / ph).max(), xp.ceil(x_size / pw).max()]).astype(np.int64)))
+        grids = asnumpy(xp.stack([xp.ceil(y_size / ph).max(), xp.ceil(x_size / pw).max()]))
+        if not (np.isfinite(grids).all() and grids.max() <= _MAX_ADAPTIVE_GRID):
+            raise ValueError(f"roi_align: adaptive sampling would take {grids.max():g} samples per bin "
+                             f"side (RoI size x spatial_scale / output size); check spatial_scale and "
+                             f"the boxes, or give a sampling_ratio")
+        gy_max, gx_max = (max(int(g), 1) for g in grids)
     cy, gy = axis_sample_points(y_start, y_size, ph, sampling_ratio, xp, gy_max)
     cx, gx = axis_sample_points(x_start, x_size, pw, sampling_ratio, xp, gx_max)
     per_sample = mode == "max"
