@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --out that holds a run, moving that run aside to OUT.old-N")
+    _add_max_side_option(p)
     p.add_argument("--iterations", type=int, default=None, help="override the config's iterations")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_backend_option(p)
@@ -150,7 +151,8 @@ def _cmd_train(args) -> int:
     t0 = time.perf_counter()
     history = train(args.config, args.out, seed=args.seed, resume=args.resume,
                     iterations=args.iterations, progress=not args.no_progress, backend=args.backend,
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite,
+                    max_image_side=None if args.max_image_side is None else _max_side(args, 0))
     wall = time.perf_counter() - t0
     n = len(history["total"])
     tail = history["total"][-50:]

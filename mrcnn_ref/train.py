@@ -32,6 +32,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm   # the console bar (tqdm.auto warns in notebooks without ipywidgets)
 
 from .backend import backend_name
+from .data.images import default_max_side
 from .data.transforms import random_hflip, to_model_input
 from .model.config import load_config
 from .model.mask_rcnn import LOSS_NAMES, MaskRCNN
@@ -206,7 +207,7 @@ def _categories(dataset) -> list:
 
 def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = False,
           iterations=None, progress: bool = True, log=print, keep_checkpoints: int = 3,
-          backend=None, overwrite: bool = False):
+          backend=None, overwrite: bool = False, max_image_side=None):
     """Train Mask R-CNN; returns the loss history (a dict of lists, one entry per iteration).
 
     Writes ``out_dir/config.json``, ``out_dir/checkpoint_XXXXXX.npz`` every ``checkpoint_every``
@@ -221,6 +222,8 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
     A fresh run refuses an ``out_dir`` that holds a run, unless ``overwrite`` (the old run is moved
     aside to ``out_dir.old-N``); a lock file refuses a second run in the same folder at the same
     time; ``config.json`` and ``history.json`` are written once the first step has succeeded.
+    COCO images larger than ``max_image_side`` (default 4 x the model's image size) are refused
+    when the annotations are loaded.
     """
     rcfg = load_run_config(config)
     if iterations is not None:
@@ -228,7 +231,8 @@ def train(config="shapes", out_dir="runs/shapes", seed: int = 0, resume: bool = 
     tcfg = rcfg.train
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"train: seed must be an int >= 0, got {seed!r}")
-    dataset = build_dataset(tcfg, "train")
+    max_side = default_max_side(rcfg.model.image_size) if max_image_side is None else int(max_image_side)
+    dataset = build_dataset(tcfg, "train", max_side=max_side)
     if len(dataset) == 0:
         raise ValueError("train: the training dataset is empty")
     if int(dataset.num_classes) != rcfg.model.num_classes:

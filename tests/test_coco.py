@@ -376,3 +376,34 @@ def test_check_categories_refuses_malformed_lists(coco_dir, bad, error):
     ds = CocoDataset(_write(coco_dir, _dataset_dict()), coco_dir)
     with pytest.raises(error, match="check_categories"):
         ds.check_categories(bad)
+
+
+def test_train_refuses_coco_images_larger_than_the_limit(tmp_path):
+    """A COCO image beyond --max-image-side is refused when the annotations load, before training."""
+    import json as _json
+
+    from skimage import io as _io
+
+    from mrcnn_ref.cli import main
+
+    img = np.zeros((300, 200, 3), np.uint8)
+    img[50:150, 40:120] = 200
+    (tmp_path / "imgs").mkdir()
+    _io.imsave(tmp_path / "imgs" / "a.png", img, check_contrast=False)
+    ann = {"images": [{"id": 1, "file_name": "a.png", "height": 300, "width": 200}],
+           "categories": [{"id": 1, "name": "box"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [40, 50, 80, 100],
+                            "area": 8000, "iscrowd": 0,
+                            "segmentation": [[40, 50, 120, 50, 120, 150, 40, 150]]}]}
+    (tmp_path / "ann.json").write_text(_json.dumps(ann))
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(_json.dumps({"preset": "tiny", "model": {"num_classes": 2},
+                                "train": {"dataset": "coco", "coco_annotations": str(tmp_path / "ann.json"),
+                                          "coco_images": str(tmp_path / "imgs"), "iterations": 1}}))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress",
+                 "--max-image-side", "256"]) == 2
+    assert not out.exists()
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 2   # 4 x 64
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress",
+                 "--max-image-side", "300"]) == 0
