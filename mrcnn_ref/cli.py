@@ -1,11 +1,12 @@
-"""Command-line interface: ``mrcnn-ref {train,evaluate,predict,book}``.
+"""Command-line interface: ``mrcnn-ref {train,evaluate,predict,book,ablation}``.
 
     mrcnn-ref train --config shapes --out runs/shapes [--seed N] [--resume]
     mrcnn-ref evaluate --checkpoint runs/shapes/model.npz --split val --num-images 200 --out runs/eval
     mrcnn-ref predict IMAGE --checkpoint runs/shapes/model.npz --out picture.png
     mrcnn-ref book --out site/ [--smoke] [--chapters 01 03] [--timeout SECONDS]
+    mrcnn-ref ablation --study roi-ops --out runs/roi-ops [--seeds 0 1] [--iterations N] [--num-images N]
 
-Every command but ``book`` takes ``--backend numpy|cupy|emulated`` (default: numpy, or
+Every command but ``book`` and ``ablation`` takes ``--backend numpy|cupy|emulated`` (default: numpy, or
 $MRCNN_REF_BACKEND).
 
 Errors the user can fix (bad config, missing files, a malformed COCO file, a diverged run, a folder
@@ -23,6 +24,7 @@ import sys
 import time
 
 from . import __version__
+from .ablation import STUDIES, run_ablation
 from .backend import backend_name, get_backend, set_backend
 from .book import DEFAULT_TIMEOUT, ChapterFailed, build_book
 from .data.coco import CocoDataset
@@ -108,6 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "(e.g. Debian's libjs-mathjax: file:///usr/share/javascript/mathjax/"
                         "MathJax.js?config=TeX-AMS_CHTML-full,Safe)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("ablation", help="train and score every row of one of the paper's Table 2 studies",
+                       description="Train every variant of a study (mrcnn_ref/configs/ablations/STUDY/"
+                                   "*.json) for each seed in OUT/VARIANT/seedK, score it on the shapes "
+                                   "validation images, and write OUT/results.json, OUT/table.md and "
+                                   "OUT/chart.png. Run it again to resume: finished runs are kept.")
+    p.add_argument("--study", required=True, help=f"one of: {', '.join(STUDIES)}")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
+    p.add_argument("--iterations", type=int, default=None, help="override the configs' iterations")
+    p.add_argument("--num-images", type=int, default=None,
+                   help="validation images to score (default: all 200)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -231,6 +246,15 @@ def _cmd_book(args) -> int:
     return 0
 
 
+def _cmd_ablation(args) -> int:
+    t0 = time.perf_counter()
+    run_ablation(args.study, args.out, seeds=args.seeds, iterations=args.iterations,
+                 num_images=args.num_images, progress=not args.no_progress)
+    print(f"study {args.study} done in {time.perf_counter() - t0:.0f} s; see "
+          f"{os.path.join(args.out, 'table.md')}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -240,7 +264,7 @@ def main(argv=None) -> int:
 
     retain_freed_memory()   # reuse freed temporaries instead of page-faulting them back (memory.py)
     handler = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict,
-               "book": _cmd_book}[args.command]
+               "book": _cmd_book, "ablation": _cmd_ablation}[args.command]
     previous = get_backend()
     try:
         if getattr(args, "backend", None) is not None:   # book has no --backend

@@ -95,6 +95,67 @@ def test_whole_loss_gradient_check_variants(options):
         assert rel_error(grads[name].reshape(-1)[idx], num) <= 1e-6, name
 
 
+@pytest.mark.parametrize("options", [{"feature_mode": "single", "single_stride": 16},
+                                     {"feature_mode": "single", "single_stride": 32, "roi_op": "roi_pool"},
+                                     {"mask_class_agnostic": True}])
+def test_whole_loss_gradient_check_single_level_and_class_agnostic(options):
+    """Single-level models (one ResNet map, no FPN: the RPN and both RoI heads read C4 or C5) and
+    the class-agnostic mask head: the whole loss's gradient against centered differences, in
+    every part of the network, and w.r.t. the image."""
+    m = _float64_model(2, **options)
+    img = np.random.default_rng(3).standard_normal((1, 3, 64, 64))
+    tg = _rect_targets()
+    losses, _ = m.forward_train(img, tg, rng=np.random.default_rng(7))
+    assert m._train_cache.roi_targets["num_fg"] > 0 and all(losses[k] > 0 for k in LOSS_NAMES)
+    proposals = m.last_proposals.copy()
+    d_img = m.backward()
+    grads = {k: v.copy() for k, v in m.named_grads().items()}
+
+    def loss():
+        _, t = m.forward_train(img, tg, rng=np.random.default_rng(7), proposals=proposals)
+        m.clear_caches()
+        return t
+
+    params = m.named_parameters()
+    single = options.get("feature_mode") == "single"
+    assert any(n.startswith("backbone.fpn") for n in params) != single
+    last_stage = {16: "layer3", 32: "layer4"}[options.get("single_stride", 32)]
+    assert single or last_stage == "layer4"
+    assert not (single and last_stage == "layer3" and any(".layer4." in n for n in params))
+    for part in ("backbone.body.stem.0", "backbone.body.layer1.0.branch.0", f"backbone.body.{last_stage}",
+                 "rpn.conv", "rpn.cls_logits", "rpn.bbox_pred", "box_head.fcs.1", "box_head.bbox_pred",
+                 "mask_head.layers.0", "mask_head.layers.4"):
+        name = sorted(n for n in params if n.startswith(part) and n.endswith("weight"))[0]
+        idx = np.argsort(-np.abs(grads[name].reshape(-1)))[:2]
+        _, num = numerical_gradient_sampled(loss, params[name], indices=idx)
+        assert rel_error(grads[name].reshape(-1)[idx], num) <= 1e-6, name
+    idx, num = numerical_gradient_sampled(loss, img, num_samples=3, rng=0)
+    assert rel_error(d_img.reshape(-1)[idx], num) <= 1e-6
+
+
+def test_single_level_and_class_agnostic_shapes():
+    """A single-level model reads one map of stride 16 or 32 with every anchor size at each
+    position; a class-agnostic mask head predicts one channel and inference uses it for every class."""
+    for stride in (16, 32):
+        m = MaskRCNN({"preset": "tiny", "feature_mode": "single", "single_stride": stride}, rng=0)
+        feats = m.backbone(np.zeros((1, 3, 64, 64), np.float32))
+        m.clear_caches()
+        assert len(feats) == 1 and feats[0].shape[2:] == (64 // stride, 64 // stride)
+        anchors, _, counts = m._anchors(feats)
+        assert counts == [(64 // stride) ** 2 * 15] and m.rpn.num_anchors == 15
+    m = MaskRCNN({"preset": "tiny", "mask_class_agnostic": True}, rng=0)
+    img = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    feats = m.backbone(img)
+    boxes = np.array([[4.0, 4.0, 40.0, 40.0], [4.0, 4.0, 40.0, 40.0]], np.float32)
+    p = m.mask_probs(feats, boxes, np.array([1, 2]))
+    m.clear_caches()
+    assert p.shape == (2, 14, 14) and np.allclose(p[0], p[1], atol=1e-6)
+    with pytest.raises(ValueError, match="mask_class_agnostic"):
+        MaskRCNN({"preset": "tiny", "mask_class_agnostic": True, "mask_loss": "softmax"})
+    with pytest.raises(ValueError, match="single_stride"):
+        MaskRCNN({"preset": "tiny", "feature_mode": "single", "single_stride": 8})
+
+
 def test_mask_rois_per_image_caps_the_mask_branch(monkeypatch):
     """With the cap, the mask loss sees at most that many foreground RoIs (a random subset, with
     the matching labels and targets); without it, all of them."""

@@ -81,17 +81,20 @@ class ResNet(Module):
     """``forward(x (N,3,H,W)) -> [C2, C3, C4, C5]`` (strides 4, 8, 16, 32);
     ``backward([dC2..dC5]) -> dx`` (``None`` entries count as zero).
 
-    ``self.out_channels`` lists the channels of C2..C5.
+    ``self.out_channels`` lists the channels of C2..C5. ``num_stages`` (1..4, default 4) builds only
+    the first stages: 3 stops at C4 (stride 16), and forward/backward then take 3 maps.
     """
 
     def __init__(self, block="basic", layers=(1, 1, 1, 1), stem_channels=16, widths=(16, 32, 64, 128),
-                 norm="gn", gn_groups=8, in_channels=3, rng=None, dtype=np.float32):
+                 norm="gn", gn_groups=8, in_channels=3, rng=None, dtype=np.float32, num_stages=4):
         super().__init__()
         rng = as_generator(rng)
         if block not in ("basic", "bottleneck"):
             raise ValueError(f"ResNet: block must be 'basic' or 'bottleneck', got {block!r}")
         if len(layers) != 4 or len(widths) != 4:
             raise ValueError(f"ResNet: layers and widths need 4 entries (one per stage), got {layers}, {widths}")
+        if num_stages not in (1, 2, 3, 4):
+            raise ValueError(f"ResNet: num_stages must be 1, 2, 3 or 4, got {num_stages!r}")
         self.block_kind = block
         self.stem = Sequential(
             Conv2d(in_channels, stem_channels, 7, stride=2, padding=3, bias=False, rng=rng, dtype=dtype),
@@ -101,7 +104,7 @@ class ResNet(Module):
         )
         in_ch = stem_channels
         self.out_channels = []
-        for s, (n_blocks, width) in enumerate(zip(layers, widths)):
+        for s, (n_blocks, width) in enumerate(zip(layers[:num_stages], widths[:num_stages])):
             blocks = []
             for b in range(int(n_blocks)):
                 stride = 2 if (s > 0 and b == 0) else 1
@@ -113,10 +116,10 @@ class ResNet(Module):
                 in_ch = blk.out_ch
             setattr(self, f"layer{s + 1}", Sequential(*blocks))
             self.out_channels.append(in_ch)
-        self.strides = [4, 8, 16, 32]
+        self.strides = [4, 8, 16, 32][:num_stages]
 
     def stages(self):
-        return [self.layer1, self.layer2, self.layer3, self.layer4]
+        return [getattr(self, f"layer{s + 1}") for s in range(len(self.strides))]
 
     def forward(self, x):
         x = self.stem(x)
@@ -130,8 +133,10 @@ class ResNet(Module):
     def backward(self, grads, need_dx=True):
         """``grads [dC2..dC5]`` (None: zeros) -> ``d_images``; None with ``need_dx=False``, which
         skips the stem convolution's input gradient."""
-        if len(grads) != 4:
-            raise ValueError(f"{self.describe()}: backward expects 4 gradients [dC2..dC5], got {len(grads)}")
+        n = len(self.strides)
+        if len(grads) != n:
+            raise ValueError(f"{self.describe()}: backward expects {n} gradients (one per stage, "
+                             f"[dC2..dC{n + 1}]), got {len(grads)}")
         meta = self._pop()
         xp = get_array_module(*grads)
         d = None

@@ -28,6 +28,8 @@ ROI_OPS = ("roi_align", "roi_align_max", "roi_warp", "roi_pool")
 MASK_LOSSES = ("sigmoid", "softmax")
 MATRIX_NMS = ("off", "per_class", "all_classes")
 BACKBONES = ("resnet_fpn_tiny", "resnet50_fpn")
+FEATURE_MODES = ("fpn", "single")
+SINGLE_STRIDES = (16, 32)
 
 
 @dataclass
@@ -43,6 +45,8 @@ class MaskRCNNConfig:
     image_size: int = 128                     # nominal training image side (images are padded to /32)
     backbone: str = "resnet_fpn_tiny"         # a preset of mrcnn_ref.model.backbone
     backbone_overrides: dict = field(default_factory=dict)  # BackboneConfig fields to change
+    feature_mode: str = "fpn"                 # fpn: P2..P6 | single: one ResNet map, no FPN (Table 2c/d)
+    single_stride: int = 16                   # feature_mode "single": 16 (C4) or 32 (C5)
     # --- anchors / RPN ---------------------------------------------------------------------
     anchor_sizes: tuple = (8, 16, 32, 64, 128)  # one size per level P2..P6 (strides 4..64)
     anchor_ratios: tuple = (0.5, 1.0, 2.0)    # height / width
@@ -79,6 +83,7 @@ class MaskRCNNConfig:
     mask_head_convs: int = 2                  # number of 3x3 convs before the 2x deconv
     mask_head_channels: int = 64
     mask_loss: str = "sigmoid"                # sigmoid (per class, the paper) | softmax (ablation)
+    mask_class_agnostic: bool = False         # one mask channel for every class (sigmoid only)
     # --- inference -------------------------------------------------------------------------
     score_thresh: float = 0.05
     nms_thresh: float = 0.5                   # per class
@@ -99,7 +104,9 @@ class MaskRCNNConfig:
 
     @property
     def num_anchors_per_location(self) -> int:
-        return len(self.anchor_ratios) * len(self.anchor_scales)
+        """FPN: ratios x scales at each level; single level: every size of every level on one map."""
+        per_size = len(self.anchor_ratios) * len(self.anchor_scales)
+        return per_size if self.feature_mode == "fpn" else per_size * len(self.anchor_sizes)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -169,7 +176,14 @@ class MaskRCNNConfig:
                              f"got {self.roi_sampling_ratio!r}")
         if not isinstance(self.backbone_overrides, dict):
             raise TypeError(f"{where}: backbone_overrides must be a dict, got {self.backbone_overrides!r}")
-        for n in ("test_flip", "box_refine", "mask_rescoring", "roi_aligned"):
+        if self.feature_mode not in FEATURE_MODES:
+            raise ValueError(f"{where}: feature_mode must be one of {FEATURE_MODES}, got {self.feature_mode!r}")
+        if self.single_stride not in SINGLE_STRIDES:
+            raise ValueError(f"{where}: single_stride must be one of {SINGLE_STRIDES}, got {self.single_stride!r}")
+        if self.mask_class_agnostic and self.mask_loss != "sigmoid":
+            raise ValueError(f"{where}: mask_class_agnostic needs mask_loss 'sigmoid' (a softmax over "
+                             f"one channel has nothing to compare), got {self.mask_loss!r}")
+        for n in ("test_flip", "box_refine", "mask_rescoring", "roi_aligned", "mask_class_agnostic"):
             if not isinstance(getattr(self, n), bool):
                 raise TypeError(f"{where}: {n} must be true or false, got {getattr(self, n)!r}")
         scales = self.test_scales

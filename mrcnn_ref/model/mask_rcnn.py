@@ -24,6 +24,10 @@ torchvision, where they are detached): the gradient computed here is the gradien
 the proposals held fixed. ``forward_train(..., proposals=...)`` lets a test freeze them so a
 finite-difference check of the whole loss sees exactly this function.
 
+With ``feature_mode = "single"`` (:mod:`~mrcnn_ref.model.single_level`) the pyramid is one ResNet
+map (C4, stride 16, or C5, stride 32): the RPN runs on it with every anchor size at every position,
+and both RoI heads read it; the steps above are otherwise the same.
+
 Batch size 1 (one image per call; average gradients over calls for a larger batch). Images of any
 size are accepted: they are zero-padded at the bottom/right to a multiple of 32 (the coarsest
 backbone stride); boxes are clipped to the unpadded size.
@@ -42,6 +46,7 @@ from .backbone import resnet50_fpn, resnet_fpn_tiny
 from .multilevel_roi import multilevel_roi_backward, multilevel_roi_forward
 from .roi_heads import (BoxHead, MaskHead, box_loss_backward, box_loss_forward, mask_head_loss_backward,
                         mask_head_loss_forward, postprocess_detections)
+from .single_level import single_level_backbone
 from .rpn import (RPNHead, flatten_rpn_outputs, generate_proposals, pyramid_level_anchors,
                   rpn_loss_backward, rpn_loss_forward, rpn_targets, unflatten_rpn_grads)
 from .targets import proposal_targets
@@ -55,7 +60,12 @@ SIZE_DIVISIBILITY = 32
 
 
 def build_backbone(config: MaskRCNNConfig, rng, dtype=np.float32):
-    """The ResNet-FPN named by ``config.backbone``; returns ``(module, fpn_out_channels)``."""
+    """The ResNet-FPN named by ``config.backbone`` (or, with ``feature_mode = "single"``, its
+    ResNet cut at ``single_stride``); returns ``(module, out_channels)``."""
+    if config.feature_mode == "single":
+        net = single_level_backbone(config.backbone, config.single_stride, rng=rng, dtype=dtype,
+                                    **config.backbone_overrides)
+        return net, int(net.out_channels)
     factory = {"resnet_fpn_tiny": resnet_fpn_tiny, "resnet50_fpn": resnet50_fpn}[config.backbone]
     net = factory(rng=rng, dtype=dtype, **config.backbone_overrides)
     return net, int(net.out_channels)
@@ -95,8 +105,13 @@ class MaskRCNN(Module):
         self.rpn = RPNHead(c, a, rng=rng, dtype=dtype)
         self.box_head = BoxHead(c, cfg.box_roi_size, cfg.box_head_dim, cfg.num_classes, rng=rng,
                                 dtype=dtype)
-        self.mask_head = MaskHead(c, cfg.mask_head_convs, cfg.mask_head_channels, cfg.num_classes,
+        mask_channels = 1 if cfg.mask_class_agnostic else cfg.num_classes
+        self.mask_head = MaskHead(c, cfg.mask_head_convs, cfg.mask_head_channels, mask_channels,
                                   rng=rng, dtype=dtype)
+        if cfg.feature_mode == "fpn":
+            self.pyramid_strides, self.roi_strides = PYRAMID_STRIDES, ROI_STRIDES
+        else:
+            self.pyramid_strides = self.roi_strides = (cfg.single_stride,)
         self.rng = rng
         self._anchor_cache = {}
         self._train_cache = None
@@ -127,16 +142,26 @@ class MaskRCNN(Module):
         key = (tuple(f.shape[2:] for f in features), str(features[0].dtype), xp.__name__)
         if key not in self._anchor_cache:
             cfg = self.config
-            self._anchor_cache[key] = pyramid_level_anchors(
-                [f.shape[2:] for f in features], PYRAMID_STRIDES, cfg.anchor_sizes, cfg.anchor_ratios,
-                dtype=features[0].dtype, xp=xp, scales=cfg.anchor_scales)
+            if cfg.feature_mode == "fpn":
+                self._anchor_cache[key] = pyramid_level_anchors(
+                    [f.shape[2:] for f in features], PYRAMID_STRIDES, cfg.anchor_sizes, cfg.anchor_ratios,
+                    dtype=features[0].dtype, xp=xp, scales=cfg.anchor_scales)
+            else:   # one map: every level's sizes (x scales) at every position, as the C4 RPN
+                sizes = tuple(float(s) * float(sc) for s in cfg.anchor_sizes for sc in cfg.anchor_scales)
+                self._anchor_cache[key] = pyramid_level_anchors(
+                    [features[0].shape[2:]], self.pyramid_strides, (1.0,), cfg.anchor_ratios,
+                    dtype=features[0].dtype, xp=xp, scales=sizes)
         return self._anchor_cache[key]
 
     def _roi_kwargs(self):
         cfg = self.config
-        return dict(strides=ROI_STRIDES, roi_op=cfg.roi_op, sampling_ratio=cfg.roi_sampling_ratio,
+        return dict(strides=self.roi_strides, roi_op=cfg.roi_op, sampling_ratio=cfg.roi_sampling_ratio,
                     aligned=cfg.roi_aligned, canonical_size=cfg.roi_canonical_size,
                     canonical_level=cfg.roi_canonical_level)
+
+    def _roi_features(self, feats):
+        """The maps the RoI heads read: P2..P5 of the pyramid, or the one single-level map."""
+        return feats[:len(self.roi_strides)]
 
     @staticmethod
     def _rois5(boxes):
@@ -192,7 +217,7 @@ class MaskRCNN(Module):
         c.padded_shape, c.image_size = images.shape, (h, w)
 
         # 1. backbone + FPN
-        feats = self.backbone(images)                              # [P2..P6]
+        feats = self.backbone(images)                              # [P2..P6] (single: [C])
         c.feat_shapes = [f.shape for f in feats]
 
         # 2. RPN head, targets, losses
@@ -229,7 +254,7 @@ class MaskRCNN(Module):
         rois5 = self._rois5(t["rois"])
 
         # 5. box branch
-        box_feats, c.box_roi = multilevel_roi_forward(feats[:4], rois5, cfg.box_roi_size,
+        box_feats, c.box_roi = multilevel_roi_forward(self._roi_features(feats), rois5, cfg.box_roi_size,
                                                       **self._roi_kwargs())
         class_logits, box_deltas = self.box_head(box_feats)
         (l_cls, l_box), c.box_loss = box_loss_forward(class_logits, box_deltas, t["labels"],
@@ -243,10 +268,13 @@ class MaskRCNN(Module):
             sel = xp.arange(nf)
             if 0 < cfg.mask_rois_per_image < nf:
                 sel = xp.asarray(np.sort(rng.choice(nf, cfg.mask_rois_per_image, replace=False)))
-            mask_feats, c.mask_roi = multilevel_roi_forward(feats[:4], rois5[sel], cfg.mask_roi_size,
-                                                            **self._roi_kwargs())
+            mask_feats, c.mask_roi = multilevel_roi_forward(self._roi_features(feats), rois5[sel],
+                                                            cfg.mask_roi_size, **self._roi_kwargs())
             mask_logits = self.mask_head(mask_feats)
-            l_mask, c.mask_loss = mask_head_loss_forward(mask_logits, t["labels"][sel],
+            mask_labels = t["labels"][sel]
+            if cfg.mask_class_agnostic:                          # the head's one channel
+                mask_labels = xp.zeros_like(mask_labels)
+            l_mask, c.mask_loss = mask_head_loss_forward(mask_logits, mask_labels,
                                                          t["mask_targets"][sel], kind=cfg.mask_loss)
         else:
             l_mask = xp.zeros((), dtype=dtype)
@@ -355,7 +383,7 @@ class MaskRCNN(Module):
     def box_outputs(self, feats, boxes):
         """Box head on ``boxes (P, 4)``: ``(class_logits (P, K), box_deltas (P, 4K))``."""
         cfg = self.config
-        box_feats, _ = multilevel_roi_forward(feats[:4], self._rois5(boxes), cfg.box_roi_size,
+        box_feats, _ = multilevel_roi_forward(self._roi_features(feats), self._rois5(boxes), cfg.box_roi_size,
                                               **self._roi_kwargs())
         return self.box_head(box_feats)
 
@@ -363,10 +391,12 @@ class MaskRCNN(Module):
         """Mask head on ``boxes (D, 4)``: the probabilities ``(D, M, M)`` of each box's class."""
         cfg = self.config
         xp = get_array_module(boxes)
-        mask_feats, _ = multilevel_roi_forward(feats[:4], self._rois5(boxes), cfg.mask_roi_size,
+        mask_feats, _ = multilevel_roi_forward(self._roi_features(feats), self._rois5(boxes), cfg.mask_roi_size,
                                                **self._roi_kwargs())
-        logits = self.mask_head(mask_feats)                       # (D, K, M, M)
+        logits = self.mask_head(mask_feats)                       # (D, K, M, M); K = 1 class-agnostic
         rows = xp.arange(boxes.shape[0])
+        if cfg.mask_class_agnostic:
+            labels = xp.zeros_like(labels)
         if cfg.mask_loss == "sigmoid":
             return sigmoid(logits[rows, labels])
         return xp.exp(log_softmax(logits, axis=1))[rows, labels]
