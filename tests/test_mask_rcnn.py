@@ -76,20 +76,34 @@ def test_whole_loss_gradient_check_variants(options):
     """A lighter whole-loss check for other RoI-op / mask-loss choices."""
     m = _float64_model(1, **options)
     img = np.random.default_rng(2).standard_normal((1, 3, 64, 64))
+    _, grads, _, loss = _backward_and_frozen_loss(m, img, seed=6)
+    _check_largest_entries(m, grads, loss, ("backbone.body.layer2.0.branch.0.weight",
+                                            "backbone.fpn.output.1.weight", "box_head.fcs.1.weight",
+                                            "mask_head.layers.0.weight", "mask_head.layers.4.weight"))
+
+
+def _backward_and_frozen_loss(m, img, seed):
+    """Forward + backward of ``m`` on ``img`` with the rectangle targets; returns ``(losses,
+    grads, d_img, loss)`` where ``loss()`` is the total with the proposals frozen (the function
+    the backward differentiates)."""
     tg = _rect_targets()
-    m.forward_train(img, tg, rng=np.random.default_rng(6))
+    losses, _ = m.forward_train(img, tg, rng=np.random.default_rng(seed))
     proposals = m.last_proposals.copy()
-    m.backward()
+    d_img = m.backward()
     grads = {k: v.copy() for k, v in m.named_grads().items()}
 
     def loss():
-        _, t = m.forward_train(img, tg, rng=np.random.default_rng(6), proposals=proposals)
+        _, t = m.forward_train(img, tg, rng=np.random.default_rng(seed), proposals=proposals)
         m.clear_caches()
         return t
 
+    return losses, grads, d_img, loss
+
+
+def _check_largest_entries(m, grads, loss, names):
+    """Each named parameter's two largest gradient entries against centered differences."""
     params = m.named_parameters()
-    for name in ("backbone.body.layer2.0.branch.0.weight", "backbone.fpn.output.1.weight",
-                 "box_head.fcs.1.weight", "mask_head.layers.0.weight", "mask_head.layers.4.weight"):
+    for name in names:
         idx = np.argsort(-np.abs(grads[name].reshape(-1)))[:2]
         _, num = numerical_gradient_sampled(loss, params[name], indices=idx)
         assert rel_error(grads[name].reshape(-1)[idx], num) <= 1e-6, name
@@ -104,31 +118,19 @@ def test_whole_loss_gradient_check_single_level_and_class_agnostic(options):
     every part of the network, and w.r.t. the image."""
     m = _float64_model(2, **options)
     img = np.random.default_rng(3).standard_normal((1, 3, 64, 64))
-    tg = _rect_targets()
-    losses, _ = m.forward_train(img, tg, rng=np.random.default_rng(7))
-    assert m._train_cache.roi_targets["num_fg"] > 0 and all(losses[k] > 0 for k in LOSS_NAMES)
-    proposals = m.last_proposals.copy()
-    d_img = m.backward()
-    grads = {k: v.copy() for k, v in m.named_grads().items()}
-
-    def loss():
-        _, t = m.forward_train(img, tg, rng=np.random.default_rng(7), proposals=proposals)
-        m.clear_caches()
-        return t
-
+    losses, grads, d_img, loss = _backward_and_frozen_loss(m, img, seed=7)
+    assert all(losses[k] > 0 for k in LOSS_NAMES)           # every branch, the mask one too
     params = m.named_parameters()
     single = options.get("feature_mode") == "single"
     assert any(n.startswith("backbone.fpn") for n in params) != single
     last_stage = {16: "layer3", 32: "layer4"}[options.get("single_stride", 32)]
     assert single or last_stage == "layer4"
     assert not (single and last_stage == "layer3" and any(".layer4." in n for n in params))
-    for part in ("backbone.body.stem.0", "backbone.body.layer1.0.branch.0", f"backbone.body.{last_stage}",
-                 "rpn.conv", "rpn.cls_logits", "rpn.bbox_pred", "box_head.fcs.1", "box_head.bbox_pred",
-                 "mask_head.layers.0", "mask_head.layers.4"):
-        name = sorted(n for n in params if n.startswith(part) and n.endswith("weight"))[0]
-        idx = np.argsort(-np.abs(grads[name].reshape(-1)))[:2]
-        _, num = numerical_gradient_sampled(loss, params[name], indices=idx)
-        assert rel_error(grads[name].reshape(-1)[idx], num) <= 1e-6, name
+    parts = ("backbone.body.stem.0", "backbone.body.layer1.0.branch.0", f"backbone.body.{last_stage}",
+             "rpn.conv", "rpn.cls_logits", "rpn.bbox_pred", "box_head.fcs.1", "box_head.bbox_pred",
+             "mask_head.layers.0", "mask_head.layers.4")
+    _check_largest_entries(m, grads, loss, [sorted(n for n in params if n.startswith(part)
+                                                   and n.endswith("weight"))[0] for part in parts])
     idx, num = numerical_gradient_sampled(loss, img, num_samples=3, rng=0)
     assert rel_error(d_img.reshape(-1)[idx], num) <= 1e-6
 
