@@ -31,10 +31,10 @@ from mrcnn_ref import _checks  # noqa: E402
 from mrcnn_ref.inference import predict_image  # noqa: E402
 from mrcnn_ref.emulated import count_syncs  # noqa: E402
 from mrcnn_ref.model.config import with_inference_overrides  # noqa: E402
-from mrcnn_ref.nn.optim import AdamW, clip_grad_norm, global_grad_norm  # noqa: E402
+from mrcnn_ref.nn.optim import AdamW  # noqa: E402
 from mrcnn_ref.model_io import BUNDLED_CHECKPOINT, load_model  # noqa: E402
 from mrcnn_ref.run_config import build_dataset  # noqa: E402
-from mrcnn_ref.train import sample_forward_backward  # noqa: E402
+from mrcnn_ref.train import sample_forward_backward, update_parameters  # noqa: E402
 
 BUDGETS = {"train_step": 30, "predict_plain": 40}
 #: The test-time refinements, all off: the paper's plain inference.
@@ -44,19 +44,13 @@ PLAIN = {"test_flip": False, "test_scales": [1.0], "box_refine": False, "mask_re
 
 def training_step(model, optim, samples, it=0, lr=0.003, max_norm=10.0):
     """One step of the shapes recipe on ``samples``: forward + backward of each image (rng
-    ``[0, it, j]``), the averaged gradients' global norm, clipping and ``optim.step``, as
-    :func:`mrcnn_ref.train.train` does. Returns ``(per-image losses, gradient norm)``."""
+    ``[0, it, j]``), then :func:`mrcnn_ref.train.update_parameters` (average, norm, clip,
+    ``optim.step``). Returns ``(per-image losses, gradient norm)``."""
     model.zero_grad()
     xp = model.array_module
     losses = [sample_forward_backward(model, s, np.random.default_rng([0, it, j]), xp)[0]
               for j, s in enumerate(samples)]
-    grads = model.named_grads()
-    for g in grads.values():
-        g /= len(samples)
-    norm = global_grad_norm(grads)
-    clip_grad_norm(grads, max_norm, total=norm)
-    optim.step(grads, lr=lr)
-    return losses, norm
+    return losses, update_parameters(model, optim, len(samples), lr, max_norm)
 
 
 def shipped_model(backend="emulated", plain=False):

@@ -50,7 +50,7 @@ from mrcnn_ref.nn.checkpoint import load_checkpoint
 from mrcnn_ref.nn.optim import SGD, AdamW, WarmupCosineLR, clip_grad_norm, default_no_decay
 from mrcnn_ref.run_config import TrainConfig, load_run_config
 from mrcnn_ref.train import (LOSS_KEYS, StepImages, TrainingDiverged, lr_schedule,
-                             sample_forward_backward, train)
+                             sample_forward_backward, train, update_parameters)
 from mrcnn_ref.visualize import draw_detections, draw_pipeline
 
 SMOKE = os.environ.get("MRCNN_REF_SMOKE") == "1"
@@ -102,7 +102,9 @@ print(inspect.getsource(StepImages.compute))
 print(inspect.getsource(StepImages.run))
 src = inspect.getsource(train_module)                  # wherever in the module the loop lives
 start = src.rindex("\n", 0, src.index("for it in range(")) + 1
-print(textwrap.dedent(src[start:src.index("optim.step(grads, lr=lr)")] + "optim.step(grads, lr=lr)"))
+end = src.index("\n", src.index("update_parameters(model, optim, n_img, lr"))
+print(textwrap.dedent(src[start:end]))
+print(inspect.getsource(update_parameters))
 
 # %% [markdown]
 # The five losses, in the order `forward_train` returns them (chapter 07 for the first two,

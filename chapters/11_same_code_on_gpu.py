@@ -38,10 +38,10 @@ from mrcnn_ref.boxes import box_iou, clip_boxes
 from mrcnn_ref.emulated import count_syncs
 from mrcnn_ref.model.mask_rcnn import MaskRCNN
 from mrcnn_ref.nms import _to_host
-from mrcnn_ref.nn.optim import clip_grad_norm, global_grad_norm
+from mrcnn_ref.nn.optim import global_grad_norm
 from mrcnn_ref.ops import roi_align as ra
 from mrcnn_ref.run_config import build_dataset, load_run_config
-from mrcnn_ref.train import StepImages, build_optimizer, lr_schedule, sample_forward_backward
+from mrcnn_ref.train import StepImages, build_optimizer, lr_schedule, sample_forward_backward, update_parameters
 
 SMOKE = os.environ.get("MRCNN_REF_SMOKE") == "1"
 PRESET = "tiny" if SMOKE else "shapes"    # run config of the training step
@@ -115,8 +115,8 @@ print("the explicit ways back:", asnumpy(a).tolist(), "and", float(s))
 # backend="emulated")` places the parameters there (`model.to(name)` moves a model,
 # `model.array_module` says where it lives; the CLI takes `--backend`). Below is one iteration of
 # `train`'s loop, in one process, for the run config `PRESET`: `StepImages.run` draws the step's
-# images and sends each through `sample_forward_backward`; then come the gradient norm, clipping
-# and the optimizer step.
+# images and sends each through `sample_forward_backward`; then `update_parameters` averages the
+# gradients, takes their norm, clips and lets the optimizer step.
 
 # %%
 print(inspect.getsource(sample_forward_backward))
@@ -135,13 +135,8 @@ def new_model(backend_name):
 def train_step(model, optim, it, seed=0):
     """One step of ``tcfg.images_per_batch`` images; returns the per-image losses and the norm."""
     losses = [lo for lo, _ in StepImages(model, dataset, tcfg, seed, n_proc=1).run(it)]
-    grads = model.named_grads()
-    for g in grads.values():
-        g /= tcfg.images_per_batch
-    norm = global_grad_norm(grads)
-    if tcfg.clip_grad_norm > 0:
-        clip_grad_norm(grads, tcfg.clip_grad_norm, total=norm)
-    optim.step(grads, lr=float(schedule(it)))
+    norm = update_parameters(model, optim, tcfg.images_per_batch, float(schedule(it)),
+                             tcfg.clip_grad_norm)
     return losses, norm
 
 

@@ -43,8 +43,8 @@ from .run_config import TrainConfig, build_dataset, load_run_config, trained_fie
 from .run_folder import RunFolder
 from .visualize import plot_loss_curves
 
-__all__ = ["train", "TrainingDiverged", "sample_forward_backward", "lr_schedule", "build_optimizer",
-           "LOSS_KEYS"]
+__all__ = ["train", "TrainingDiverged", "sample_forward_backward", "update_parameters", "StepImages",
+           "lr_schedule", "build_optimizer", "LOSS_KEYS"]
 
 LOSS_KEYS = LOSS_NAMES
 
@@ -139,6 +139,24 @@ class StepImages:
             self.workers.close()
         if self.blas_limit is not None:
             self.blas_limit.restore_original_limits()
+
+
+def update_parameters(model, optim, n_img: int, lr: float, max_norm: float) -> float:
+    """The update after the backward passes of a step's ``n_img`` images, whose gradients the
+    model holds summed: average them, take their global norm, clip to ``max_norm`` (0: no
+    clipping) and let ``optim`` step with ``lr``. Returns the norm before clipping; a norm that is
+    not finite (some gradient entry is NaN/inf) raises ``FloatingPointError`` before the update."""
+    grads = model.named_grads()
+    if n_img > 1:
+        for g in grads.values():
+            g /= n_img
+    norm = global_grad_norm(grads)
+    if not math.isfinite(norm):
+        raise FloatingPointError("the gradient became NaN/inf")
+    if max_norm > 0:
+        clip_grad_norm(grads, max_norm, total=norm)
+    optim.step(grads, lr=lr)
+    return norm
 
 
 def _helper_processes(tcfg, xp, log) -> int:
@@ -287,18 +305,10 @@ def _train_in(folder, rcfg, dataset, seed, resume, progress, log, keep_checkpoin
             except FloatingPointError as e:                     # MaskRCNN's NonFiniteOutputs
                 raise diverged(str(e), it) from e
             losses = _mean_losses(results, n_img, it, diverged)
-            grads = model.named_grads()
-            if n_img > 1:
-                for g in grads.values():
-                    g /= n_img
-            norm = global_grad_norm(grads)                      # not finite <=> some entry is NaN/inf
-            if not math.isfinite(norm):
-                raise TrainingDiverged(
-                    f"the gradient became NaN/inf at iteration {it}; training stopped before the "
-                    f"update. The last good checkpoint in {folder.path} is kept.")
-            if tcfg.clip_grad_norm > 0:
-                clip_grad_norm(grads, tcfg.clip_grad_norm, total=norm)
-            optim.step(grads, lr=lr)
+            try:
+                update_parameters(model, optim, n_img, lr, tcfg.clip_grad_norm)
+            except FloatingPointError as e:                     # before the update
+                raise diverged(str(e), it) from e
             if it == start:                                     # the first step worked
                 folder.write_config(rcfg, seed)
 

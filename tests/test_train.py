@@ -321,3 +321,30 @@ def test_plots_leave_the_matplotlib_backend_and_pyplot_alone(tmp_path):
                 assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     finally:
         matplotlib.use(before)
+
+
+def test_update_parameters_averages_clips_and_refuses_a_non_finite_gradient():
+    """The update after a step's backward passes: mean gradient, norm before clipping, clipped
+    step; a NaN anywhere stops it before the parameters change."""
+    from mrcnn_ref.model.mask_rcnn import MaskRCNN
+    from mrcnn_ref.nn.optim import SGD
+    from mrcnn_ref.train import update_parameters
+
+    model = MaskRCNN("tiny", rng=0)
+    params = model.named_parameters()
+    rng = np.random.default_rng(1)
+    for g in model.named_grads().values():
+        g[...] = rng.standard_normal(g.shape)
+    summed = {k: g.astype(np.float64) for k, g in model.named_grads().items()}
+    before = {k: p.copy() for k, p in params.items()}
+    optim = SGD(params, lr=0.1, momentum=0.0, weight_decay=0.0)
+    norm = update_parameters(model, optim, n_img=2, lr=0.1, max_norm=1.0)
+    mean_norm = np.sqrt(sum(float(np.sum((g / 2) ** 2)) for g in summed.values()))
+    assert norm == pytest.approx(mean_norm, rel=1e-5)
+    for k, p in params.items():             # p -= lr * (g / 2) * (max_norm / norm)
+        np.testing.assert_allclose(before[k] - p, 0.1 * summed[k] / 2 / (norm + 1e-6), rtol=1e-4, atol=1e-7)
+    next(iter(model.named_grads().values()))[...] = np.nan
+    snapshot = {k: p.copy() for k, p in params.items()}
+    with pytest.raises(FloatingPointError, match="NaN/inf"):
+        update_parameters(model, optim, n_img=1, lr=0.1, max_norm=1.0)
+    assert all(np.array_equal(snapshot[k], p) for k, p in params.items())
