@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import operator
 import os
 import sys
 import types
@@ -165,6 +166,22 @@ def _index(key):
 # ----------------------------------------------------------------------------------------------
 # the device array
 # ----------------------------------------------------------------------------------------------
+def _on_device(fn):
+    """``fn`` (a NumPy function or method) taking and returning device arrays."""
+    def call(*args, **kwargs):
+        return _wrap(fn(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+    call.__name__ = getattr(fn, "__name__", "call")
+    return call
+
+
+def _read_back(convert):
+    """A method that converts the buffer to a Python value: one device->host transfer."""
+    def method(self, *args):
+        _record_sync()
+        return convert(self._a, *args)
+    return method
+
+
 def _binary(op):
     def method(self, other):
         return _wrap(op(self._a, _unwrap(other)))
@@ -204,41 +221,16 @@ class EmulatedArray:
     def __array__(self, dtype=None, copy=None):
         raise TypeError(_IMPLICIT)
 
-    def __float__(self):
-        _record_sync()
-        return float(self._a)
-
-    def __int__(self):
-        _record_sync()
-        return int(self._a)
-
-    def __index__(self):
-        _record_sync()
-        return self._a.__index__()
-
-    def __bool__(self):
-        _record_sync()
-        return bool(self._a)
-
-    def __complex__(self):
-        _record_sync()
-        return complex(self._a)
-
-    def item(self, *args):
-        _record_sync()
-        return self._a.item(*args)
-
-    def tolist(self):
-        _record_sync()
-        return self._a.tolist()
+    # every conversion to a Python value reads the array back
+    __float__, __int__, __complex__, __bool__ = (_read_back(float), _read_back(int),
+                                                 _read_back(complex), _read_back(bool))
+    __index__, item, tolist = (_read_back(operator.index), _read_back(np.ndarray.item),
+                               _read_back(np.ndarray.tolist))
+    __str__ = _read_back(str)
 
     def __repr__(self):
         _record_sync()
         return "emulated_" + repr(self._a)
-
-    def __str__(self):
-        _record_sync()
-        return str(self._a)
 
     def __format__(self, spec):
         _record_sync()
@@ -302,13 +294,7 @@ class EmulatedArray:
         if name.startswith("__"):   # no __array_interface__ & co.: NumPy must not see the buffer
             raise AttributeError(name)
         attr = getattr(self._a, name)
-        if not callable(attr):
-            return _wrap(attr)
-
-        def method(*args, **kwargs):
-            return _wrap(attr(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
-        method.__name__ = name
-        return method
+        return _on_device(attr) if callable(attr) else _wrap(attr)
 
     def __copy__(self):
         return EmulatedArray(self._a.copy())
@@ -366,7 +352,7 @@ class _Ufunc:
         self.nin, self.nout = uf.nin, uf.nout
 
     def __call__(self, *args, **kwargs):
-        return _wrap(self._uf(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+        return _on_device(self._uf)(*args, **kwargs)
 
     def at(self, a, indices, b=None):
         if not isinstance(a, EmulatedArray):
@@ -376,11 +362,7 @@ class _Ufunc:
         self._uf.at(a._a, *args)
 
     def __getattr__(self, name):   # reduce, accumulate, outer, reduceat
-        fn = getattr(self._uf, name)
-
-        def method(*args, **kwargs):
-            return _wrap(fn(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
-        return method
+        return _on_device(getattr(self._uf, name))
 
 
 _HOST_INPUT = {"array", "asarray", "asanyarray"}          # host -> device copies

@@ -31,7 +31,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm   # the console bar (tqdm.auto warns in notebooks without ipywidgets)
 
-from .backend import backend_name
+from .backend import backend_name, is_host
 from .data.images import default_max_side
 from .data.transforms import random_hflip, to_model_input
 from .model.config import load_config
@@ -163,7 +163,7 @@ def _helper_processes(tcfg, xp, log) -> int:
     """How many processes compute a step's images: ``workers``, or 1 where helpers cannot run."""
     if tcfg.workers == 1:
         return 1
-    if xp is not np:       # each image draws from its own generator: one process, same numbers
+    if not is_host(xp):    # each image draws from its own generator: one process, same numbers
         log(f"train: the {tcfg.workers} workers' images run in this process on the "
             f"{backend_name(xp)} backend (helper processes are for the NumPy backend)")
         return 1

@@ -139,7 +139,3 @@ def test_unknown_backend_on_the_command_line_is_one_line(tmp_path, capsys):
     assert main(["train", "--config", "tiny", "--out", str(tmp_path / "r"), "--backend", "tpu"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown backend 'tpu'" in err
-
-
-def test_run_config_is_backend_free():
-    assert "backend" not in json.dumps(load_run_config("shapes").to_dict())
