@@ -18,7 +18,7 @@ from mrcnn_ref.cli import main
 from mrcnn_ref.data.shapes import ShapesDataset
 from mrcnn_ref.nn.checkpoint import load_checkpoint
 from mrcnn_ref.model_io import BUNDLED_CHECKPOINT, load_model
-from mrcnn_ref.run_config import build_dataset, load_run_config
+from mrcnn_ref.run_config import build_dataset
 from mrcnn_ref.train import train
 
 REL = 1e-5
